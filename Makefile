@@ -1,0 +1,39 @@
+# Kubetune developer commands. `make help` lists them.
+KUBETUNE_CACHE ?= $(HOME)/.cache/kubetune
+VENV ?= $(KUBETUNE_CACHE)/venv
+PYTHON ?= $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help install lint format generate verify test test-unit test-e2e up down
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+install: ## install system packages, the Python environment and the cluster binaries
+	bash .ci/setup
+
+lint: ## ruff lint and format check
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+format: ## apply ruff's fixes and formatting
+	$(PYTHON) -m ruff check --fix .
+	$(PYTHON) -m ruff format .
+
+generate: ## regenerate CRDs and API docs from the pydantic models
+	$(PYTHON) -m kubetune.crdgen
+
+verify: ## fail when generated files are stale
+	$(PYTHON) -m kubetune.crdgen --check
+
+test: lint ## the whole suite: lint, unit tests, and e2e tests on a devcluster it starts
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+test-unit: ## tests that need no cluster
+	$(PYTHON) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+up: ## start (or reuse) a local devcluster
+	$(PYTHON) -m devcluster up
+
+down: ## stop the local devcluster and remove its state
+	$(PYTHON) -m devcluster down

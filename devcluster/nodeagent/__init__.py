@@ -1,0 +1,1 @@
+"""A scheduler-and-kubelet stand-in that runs Job pods as local processes."""

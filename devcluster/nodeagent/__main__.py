@@ -1,0 +1,3 @@
+from devcluster.nodeagent.agent import main
+
+main()

@@ -1,0 +1,174 @@
+"""Pod directories and processes on the host: volumes, logs, the termination-message file,
+and the record of process groups that lets ``devcluster down`` kill every pod process,
+even ones a crashed node agent left behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from devcluster.nodeagent.podspec import ProcessSpec
+
+
+def pods_root(state_dir: Path) -> Path:
+    return state_dir / "pods"
+
+
+def pod_dir(state_dir: Path, namespace: str, name: str, uid: str) -> Path:
+    return pods_root(state_dir) / f"{namespace}_{name}_{uid[:8]}"
+
+
+def find_log(state_dir: Path, namespace: str, name: str) -> Path | None:
+    """The newest log of a pod with this name (names are reused across pod incarnations)."""
+    candidates = sorted(
+        pods_root(state_dir).glob(f"{namespace}_{name}_*/container.log"),
+        key=lambda p: p.stat().st_mtime,
+    )
+    return candidates[-1] if candidates else None
+
+
+def prepare_volumes(
+    directory: Path,
+    pod: Mapping[str, Any],
+    secrets: Mapping[str, Mapping[str, str] | None],
+    config_maps: Mapping[str, Mapping[str, str] | None],
+) -> dict[str, str]:
+    """Materialise emptyDir, Secret and ConfigMap volumes; return mountPath -> host path."""
+    volumes_dir = directory / "volumes"
+    host_paths: dict[str, Path] = {}
+    for volume in pod["spec"].get("volumes") or []:
+        target = volumes_dir / volume["name"]
+        target.mkdir(parents=True, exist_ok=True)
+        if volume.get("secret"):
+            _write_items(
+                target,
+                secrets.get(volume["secret"]["secretName"]) or {},
+                volume["secret"].get("items"),
+            )
+        elif volume.get("configMap"):
+            _write_items(
+                target,
+                config_maps.get(volume["configMap"]["name"]) or {},
+                volume["configMap"].get("items"),
+            )
+        host_paths[volume["name"]] = target
+    mounts: dict[str, str] = {}
+    for mount in pod["spec"]["containers"][0].get("volumeMounts") or []:
+        host = host_paths.get(mount["name"])
+        if host is None:
+            continue
+        if mount.get("subPath"):
+            host = host / mount["subPath"]
+        mounts[mount["mountPath"].rstrip("/") or "/"] = str(host)
+    return mounts
+
+
+def _write_items(target: Path, data: Mapping[str, str], items: list[dict[str, Any]] | None) -> None:
+    selected = {i["key"]: i["path"] for i in items} if items else {k: k for k in data}
+    for key, relative in selected.items():
+        if key in data:
+            path = target / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(data[key])
+
+
+def decode_data(obj: Any, binary: bool) -> dict[str, str]:
+    """Secret data is base64 on the wire; ConfigMap data is plain."""
+    data = (obj.data or {}) if obj is not None else {}
+    if binary:
+        return {k: base64.b64decode(v).decode(errors="replace") for k, v in data.items()}
+    return dict(data)
+
+
+@dataclass
+class PodProcess:
+    """One pod's container process, across in-place restarts."""
+
+    uid: str
+    namespace: str
+    name: str
+    directory: Path
+    start_time: str
+    popen: subprocess.Popen[bytes] | None = None
+    started_at: str = ""
+    restarts: int = 0
+    reported: str = ""
+    finished: bool = False
+    restart_after: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "container.log"
+
+    @property
+    def termination_log(self) -> Path:
+        return self.directory / "termination-log"
+
+    def start(self, spec: ProcessSpec, now: str) -> None:
+        self.termination_log.write_text("")
+        (self.directory / "home").mkdir(exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.popen = subprocess.Popen(
+                spec.argv,
+                env=spec.env,
+                cwd=spec.cwd or str(self.directory / "home"),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        (self.directory / "pgid").write_text(str(self.popen.pid))
+        self.started_at = now
+
+    def poll(self) -> int | None:
+        return None if self.popen is None else self.popen.poll()
+
+    def kill(self, grace_seconds: float) -> None:
+        """SIGTERM the pod's process group, SIGKILL after the grace period, keep the exit code."""
+        if self.popen is not None:
+            pgid = self.popen.pid
+            _signal_group(pgid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=grace_seconds)
+            except subprocess.TimeoutExpired:
+                _signal_group(pgid, signal.SIGKILL)
+                self.popen.wait()
+            _signal_group(pgid, signal.SIGKILL)  # children that outlived the leader
+        (self.directory / "pgid").unlink(missing_ok=True)
+
+    def log_tail(self, max_bytes: int = 2048) -> str:
+        if not self.log_path.exists():
+            return ""
+        with self.log_path.open("rb") as f:
+            f.seek(max(0, self.log_path.stat().st_size - max_bytes))
+            return f.read().decode(errors="replace")
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def kill_recorded_pods(state_dir: Path) -> None:
+    """Kill every pod process group still recorded (used by down, and at agent start)."""
+    root = pods_root(state_dir)
+    if not root.exists():
+        return
+    for pgid_file in root.glob("*/pgid"):
+        try:
+            pgid = int(pgid_file.read_text().strip())
+            os.killpg(pgid, signal.SIGKILL)
+        except (ValueError, ProcessLookupError, PermissionError):
+            pass
+        pgid_file.unlink(missing_ok=True)
+    time.sleep(0.1)

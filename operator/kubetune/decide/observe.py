@@ -1,0 +1,90 @@
+"""Turn a trial Job (and its Pods) as read from the apiserver into an `ObservedJob`.
+
+Pure parsing, so the handlers stay thin and the rules (which condition means done, where
+the exit code and the termination message are) are tested here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from kubetune.api import FineTuningTaskStatus
+from kubetune.contract import RESULT_FILENAME, sibling_uri
+from kubetune.decide.inputs import JobPhase, ObservedJob
+from kubetune.manifests import CONTAINER, LABEL_ATTEMPT, LABEL_TRIAL
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def _condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == type_ and condition.get("status") == "True":
+            return condition
+    return None
+
+
+def _terminated(pods: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The trainer container's termination state in the most recently started Pod."""
+    ordered = sorted(pods, key=lambda p: (p.get("status") or {}).get("startTime") or "")
+    for pod in reversed(ordered):
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            if status.get("name") == CONTAINER:
+                terminated = (status.get("state") or {}).get("terminated")
+                if terminated:
+                    return terminated
+    return None
+
+
+def _pod_running(pods: Sequence[Mapping[str, Any]]) -> bool:
+    return any((p.get("status") or {}).get("phase") == "Running" for p in pods)
+
+
+def observe_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) -> ObservedJob:
+    """The trial Job's state; `pods` are the Job's Pods (for exit code and message)."""
+    meta = job["metadata"]
+    status = job.get("status") or {}
+    labels = meta.get("labels") or {}
+    complete = _condition(job, "Complete")
+    failed = _condition(job, "Failed")
+    phase: JobPhase
+    if complete is not None:
+        phase = "Succeeded"
+    elif failed is not None:
+        phase = "Failed"
+    elif status.get("ready") or _pod_running(pods):
+        phase = "Running"
+    else:
+        phase = "Pending"
+    terminated = _terminated(pods)
+    ended = complete or failed
+    return ObservedJob(
+        name=meta["name"],
+        trial_index=int(labels.get(LABEL_TRIAL, -1)),
+        attempt=int(labels.get(LABEL_ATTEMPT, 1)),
+        phase=phase,
+        started_at=_time(status.get("startTime")),
+        finished_at=_time(status.get("completionTime") or (ended or {}).get("lastTransitionTime")),
+        exit_code=terminated.get("exitCode") if terminated else None,
+        reason=failed.get("reason") if failed else None,
+        termination_message=(terminated.get("message") or "").strip() or None
+        if terminated
+        else None,
+        deleting=bool(meta.get("deletionTimestamp")),
+    )
+
+
+def results_to_read(
+    status: FineTuningTaskStatus, jobs: Sequence[ObservedJob]
+) -> list[tuple[str, str]]:
+    """(Job name, result.json URI) of succeeded Jobs whose trial has no result recorded:
+    the handler reads these and passes them as `ObservedJob.result`."""
+    unfinished = {t.name: t for t in status.trials if t.phase in ("Pending", "Running")}
+    return [
+        (job.name, sibling_uri(unfinished[job.name].checkpoint_uri, RESULT_FILENAME))
+        for job in jobs
+        if job.phase == "Succeeded" and job.name in unfinished
+    ]

@@ -1,0 +1,186 @@
+"""The Kubernetes Job that runs one trial, as a pure function of the trial.
+
+Names are deterministic (`<task>-t<index>`, or `<task>-a<attempt>-t<index>` after a
+restart), so creating a Job is idempotent and a restarted operator finds its Jobs again.
+The trial config travels as JSON in `KUBETUNE_TRIAL_CONFIG`; S3 credentials only as
+`secretKeyRef` environment variables. Exit codes the trainer uses for failures that a retry
+would repeat end the Job at once through its podFailurePolicy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from kubetune.api import API_VERSION, FINE_TUNING_TASK, TrainerSpec
+from kubetune.contract import (
+    EXIT_INTERNAL_ERROR,
+    EXIT_OK,
+    EXIT_REASONS,
+    RETRYABLE_EXIT_CODES,
+    TRIAL_CONFIG_ENV,
+    TrialConfig,
+)
+from kubetune.locations import ResolvedStorage
+
+LABEL_TASK = "kubetune.dev/task"
+LABEL_MODEL = "kubetune.dev/model"
+LABEL_TRIAL = "kubetune.dev/trial"
+LABEL_ATTEMPT = "kubetune.dev/attempt"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+CONTAINER = "trainer"
+COMMAND = ("python", "-m", "kubetune_trainer")
+NON_RETRYABLE_EXIT_CODES = tuple(
+    sorted(set(EXIT_REASONS) - {EXIT_OK, EXIT_INTERNAL_ERROR} - RETRYABLE_EXIT_CODES)
+)
+"""Bad input and training failures: a retried Pod would fail the same way."""
+_MAX_NAME = 63
+
+
+def job_name(task: str, attempt: int, index: int) -> str:
+    """The trial's Job name: a DNS label of at most 63 characters, unique per task,
+    attempt and index; long task names are cut and made unique with a hash."""
+    suffix = f"-t{index}" if attempt <= 1 else f"-a{attempt}-t{index}"
+    if len(task) + len(suffix) <= _MAX_NAME:
+        return task + suffix
+    digest = hashlib.sha256(task.encode()).hexdigest()[:8]
+    head = task[: _MAX_NAME - len(suffix) - len(digest) - 1].rstrip("-")
+    return f"{head}-{digest}{suffix}"
+
+
+def job_labels(task: str, model: str, attempt: int, index: int) -> dict[str, str]:
+    return {
+        LABEL_MANAGED_BY: "kubetune",
+        LABEL_TASK: task,
+        LABEL_MODEL: model,
+        LABEL_ATTEMPT: str(attempt),
+        LABEL_TRIAL: str(index),
+    }
+
+
+def _storage_env(storage: ResolvedStorage) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = []
+    secret = storage.credentials_secret
+    if secret is not None:
+        for variable, key in (
+            ("AWS_ACCESS_KEY_ID", secret.access_key_id_key),
+            ("AWS_SECRET_ACCESS_KEY", secret.secret_access_key_key),
+        ):
+            env.append(
+                {"name": variable, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key}}}
+            )
+    if storage.endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": storage.endpoint})
+    if storage.region:
+        env.append({"name": "AWS_DEFAULT_REGION", "value": storage.region})
+    return env
+
+
+def _pod_spec(
+    config: TrialConfig,
+    trainer: TrainerSpec,
+    image: str,
+    storage: ResolvedStorage,
+    tracking_uri: str | None,
+) -> dict[str, Any]:
+    env = [e.to_json() for e in trainer.env or []]
+    env.append({"name": TRIAL_CONFIG_ENV, "value": config.model_dump_json(exclude_none=True)})
+    env += _storage_env(storage)
+    if tracking_uri:
+        env.append({"name": "MLFLOW_TRACKING_URI", "value": tracking_uri})
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": image,
+        "command": list(COMMAND),
+        "env": env,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if trainer.image_pull_policy:
+        container["imagePullPolicy"] = trainer.image_pull_policy
+    if trainer.resources is not None:
+        container["resources"] = trainer.resources.to_json()
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    if trainer.service_account_name:
+        pod["serviceAccountName"] = trainer.service_account_name
+    else:
+        pod["automountServiceAccountToken"] = False
+    if trainer.node_selector:
+        pod["nodeSelector"] = dict(trainer.node_selector)
+    if trainer.tolerations:
+        pod["tolerations"] = [t.to_json() for t in trainer.tolerations]
+    if trainer.priority_class_name:
+        pod["priorityClassName"] = trainer.priority_class_name
+    return pod
+
+
+def job_manifest(
+    *,
+    config: TrialConfig,
+    task_uid: str,
+    model: str,
+    attempt: int,
+    trainer: TrainerSpec,
+    image: str,
+    storage: ResolvedStorage,
+    tracking_uri: str | None = None,
+) -> dict[str, Any]:
+    """The batch/v1 Job for one trial; its name, namespace and task come from
+    `config.trial`, which names the Job."""
+    trial = config.trial
+    labels = job_labels(trial.task, model, attempt, trial.index)
+    if trainer.queue_name:
+        labels[LABEL_KUEUE_QUEUE] = trainer.queue_name
+    spec: dict[str, Any] = {
+        "backoffLimit": trainer.backoff_limit,
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": CONTAINER,
+                        "operator": "In",
+                        "values": list(NON_RETRYABLE_EXIT_CODES),
+                    },
+                },
+                {
+                    "action": "Ignore",
+                    "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                },
+            ]
+        },
+        "template": {
+            "metadata": {"labels": dict(labels)},
+            "spec": _pod_spec(config, trainer, image, storage, tracking_uri),
+        },
+    }
+    if trainer.active_deadline_seconds:
+        spec["activeDeadlineSeconds"] = trainer.active_deadline_seconds
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": trial.name,
+            "namespace": trial.namespace,
+            "labels": labels,
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": FINE_TUNING_TASK.kind,
+                    "name": trial.task,
+                    "uid": task_uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": spec,
+    }

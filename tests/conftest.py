@@ -1,0 +1,108 @@
+"""Shared fixtures: one devcluster per test run, a namespace and a bucket per test.
+
+The cluster starts only when a test asks for it, so unit tests stay fast. Nothing here
+skips: a component that cannot start fails the tests that need it, with its log.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from kubernetes import client, config
+
+from devcluster import build, cluster
+from devcluster.state import ClusterInfo
+
+
+@pytest.fixture(scope="session")
+def devcluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterInfo]:
+    state_dir = Path(
+        os.environ.get("KUBETUNE_TEST_STATE_DIR") or tmp_path_factory.mktemp("devcluster")
+    )
+    info = cluster.up(state_dir, quiet=True)
+    try:
+        yield info
+    finally:
+        cluster.down(state_dir)
+
+
+@pytest.fixture(scope="session")
+def kube_api(devcluster: ClusterInfo) -> client.ApiClient:
+    return config.new_client_from_config(config_file=str(devcluster.kubeconfig))
+
+
+@pytest.fixture(scope="session")
+def core(kube_api: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(kube_api)
+
+
+@pytest.fixture(scope="session")
+def batch(kube_api: client.ApiClient) -> client.BatchV1Api:
+    return client.BatchV1Api(kube_api)
+
+
+@pytest.fixture
+def namespace(core: client.CoreV1Api, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = f"t-{request.node.name[:40].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture(scope="session")
+def s3(devcluster: ClusterInfo):  # type: ignore[no-untyped-def]
+    return boto3.client(
+        "s3",
+        endpoint_url=devcluster.s3_endpoint,
+        aws_access_key_id=devcluster.s3_access_key,
+        aws_secret_access_key=devcluster.s3_secret_key,
+        region_name=devcluster.s3_region,
+    )
+
+
+@pytest.fixture
+def bucket(s3) -> str:  # type: ignore[no-untyped-def]
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+class Kubectl:
+    """kubectl from the devcluster's cache, pointed at the test cluster."""
+
+    def __init__(self, info: ClusterInfo) -> None:
+        self.binary = str(build.KUBERNETES.path("kubectl"))
+        self.env = {**os.environ, **info.env()}
+
+    def __call__(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [self.binary, *args],
+            input=input,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
+        return result
+
+
+@pytest.fixture(scope="session")
+def kubectl(devcluster: ClusterInfo) -> Kubectl:
+    return Kubectl(devcluster)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that use the cluster are e2e tests, so `-m "not e2e"` selects the fast ones."""
+    for item in items:
+        if "devcluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.e2e)

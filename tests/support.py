@@ -1,0 +1,51 @@
+"""Small helpers shared by tests: polling with a clear failure message, Job manifests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def wait_for(
+    probe: Callable[[], T | None], what: str, timeout: float = 60, interval: float = 0.3
+) -> T:
+    """Call ``probe`` until it returns something truthy; fail naming ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def job_manifest(
+    name: str,
+    command: list[str],
+    *,
+    backoff_limit: int = 0,
+    active_deadline: int | None = None,
+    env: list[dict[str, Any]] | None = None,
+    volumes: list[dict[str, Any]] | None = None,
+    mounts: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": "main",
+        "image": "python:3.11",
+        "command": command,
+        "env": env or [],
+        "volumeMounts": mounts or [],
+    }
+    spec: dict[str, Any] = {
+        "backoffLimit": backoff_limit,
+        "template": {
+            "spec": {"restartPolicy": "Never", "containers": [container], "volumes": volumes or []}
+        },
+    }
+    if active_deadline is not None:
+        spec["activeDeadlineSeconds"] = active_deadline
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}, "spec": spec}
