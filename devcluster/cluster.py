@@ -383,9 +383,11 @@ def _start_all(
 
 
 def _devcluster_pythonpath() -> str:
-    root = str(Path(__file__).resolve().parent.parent)
+    """This checkout's packages first, so pods run the code under test, not an install."""
+    root = Path(__file__).resolve().parent.parent
+    paths = [str(root), str(root / "operator"), str(root / "trainer_image")]
     existing = os.environ.get("PYTHONPATH")
-    return f"{root}{os.pathsep}{existing}" if existing else root
+    return os.pathsep.join([*paths, existing] if existing else paths)
 
 
 def _write_audit_policy(pki: Path) -> Path:
