@@ -4,7 +4,7 @@ VENV ?= $(KUBETUNE_CACHE)/venv
 PYTHON ?= $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help install lint format generate verify test test-unit test-e2e up down
+.PHONY: help install lint format generate verify test test-unit up down demo demo-down
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -37,3 +37,9 @@ up: ## start (or reuse) a local devcluster
 
 down: ## stop the local devcluster and remove its state
 	$(PYTHON) -m devcluster down
+
+demo: install ## start a devcluster, run a real fine-tuning iteration, show it live
+	$(PYTHON) -m devcluster.demo up
+
+demo-down: ## stop the demo's devcluster and remove its state
+	$(PYTHON) -m devcluster.demo down

@@ -103,7 +103,11 @@ def _pod_spec(
     if trainer.image_pull_policy:
         container["imagePullPolicy"] = trainer.image_pull_policy
     if trainer.resources is not None:
-        container["resources"] = trainer.resources.to_json()
+        # Quantities travel as strings, as the API serialises them (`1` -> "1").
+        container["resources"] = {
+            kind: {name: str(quantity) for name, quantity in values.items()}
+            for kind, values in trainer.resources.to_json().items()
+        }
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "containers": [container],

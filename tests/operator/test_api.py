@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
+
 from kubetune.api import FineTuningTaskSpec, SearchParameter
 from kubetune.api import conditions as c
 from kubetune.api.finetuningtask import SEARCHABLE_PARAMETERS, ParameterName
 from kubetune.contract import Hyperparameters, LoraSpec, LossSpec
-from pydantic import ValidationError
-
 from tests.operator.builders import NOW
 
 MODELS = {"hyperparameters": Hyperparameters, "lora": LoraSpec, "loss": LossSpec}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from kubetune import crdgen
 
 ROOT = Path(__file__).resolve().parents[2]

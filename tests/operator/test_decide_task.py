@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+
 from kubetune.api import FineTuningTaskStatus, PromotedIteration, TunedModelStatus
 from kubetune.api import conditions as c
 from kubetune.decide import (
@@ -16,7 +17,6 @@ from kubetune.decide import (
     action_failed,
     decide_task,
 )
-
 from tests.operator.builders import DEFAULTS, NOW, World, model, task, task_spec
 
 LATEST = PromotedIteration(

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from kubetune.api import CredentialsSecretRef, TrainerSpec
 from kubetune.api.finetuningtask import RESERVED_ENV_NAMES
 from kubetune.contract import TRIAL_CONFIG_ENV, TrialConfig
 from kubetune.decide.trialconfig import build_trial_config
 from kubetune.locations import ResolvedStorage
 from kubetune.manifests import job_manifest, job_name
-
 from tests.operator.builders import task_spec
 
 STORAGE = ResolvedStorage(
@@ -140,7 +140,7 @@ def test_job_manifest():
     container = pod["containers"][0]
     assert container["command"] == ["python", "-m", "kubetune_trainer"]
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
-    assert container["resources"] == {"limits": {"nvidia.com/gpu": 1, "memory": "16Gi"}}
+    assert container["resources"] == {"limits": {"nvidia.com/gpu": "1", "memory": "16Gi"}}
     env = {e["name"]: e for e in container["env"]}
     assert TrialConfig.model_validate(json.loads(env[TRIAL_CONFIG_ENV]["value"])) == config()
     assert env["AWS_SECRET_ACCESS_KEY"] == {

@@ -6,6 +6,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
+
 from kubetune.api import PromotedIteration, TunedModelStatus
 from kubetune.api import conditions as c
 from kubetune.decide import (
@@ -18,7 +19,6 @@ from kubetune.decide import (
     deletion_actions,
     observe_job,
 )
-
 from tests.operator.builders import DEFAULTS, NOW, model
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from kubetune.api import HyperparameterSpec
 from kubetune.decide.sampling import planned_trials, sampler_for
 

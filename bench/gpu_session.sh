@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The GPU measurements of docs/benchmarks.md, run from the repository root on the GPU machine:
+#   bash bench/gpu_session.sh OUT_DIR STAGE...   (stages: check speed quality ddp ddp2)
+# Expects .bench/ (minilm/ as a sentence-transformers dir, debian-train.jsonl.gz,
+# debian-test.jsonl) and, where the machine lacks them, wheels in .whl/.
+set -u
+out=$1
+shift
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+fi
+export PYTHONPATH=/tmp/site:$PWD:$PWD/operator:$PWD/trainer_image
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+data=.bench/debian-train.jsonl.gz
+models=(--model minilm=.bench/minilm --model bert-base=random)
+trial() {  # method, torchrun prefix...
+    local method=$1
+    shift
+    python3 bench/debian_trial.py --model .bench/minilm --train $data \
+        --test .bench/debian-test.jsonl --method "$method" --out "/tmp/$method" >"/tmp/$method.json"
+    "$@" -m kubetune_trainer --config "/tmp/$method.json" 2>&1 | tee "$out/quality-$method.log"
+    cp "/tmp/$method/result.json" "$out/result-$method.json"
+}
+for stage in "$@"; do
+    echo "=== $stage $(date -u +%FT%TZ)"
+    case $stage in
+    check)
+        nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+        python3 -c 'import torch, transformers, sentence_transformers as st
+print(torch.__version__, transformers.__version__, st.__version__, torch.cuda.device_count())'
+        python3 bench/check_packed.py --model .bench/minilm --data $data 2>&1 | grep -v Warn
+        ;;
+    speed)
+        python3 bench/trainer_speed.py --data $data "${models[@]}" --out "$out/speed.json" \
+            2>&1 | tee "$out/speed.log"
+        ;;
+    quality)
+        trial full python3
+        trial lora python3
+        ;;
+    ddp)
+        python3 bench/trainer_speed.py --data $data "${models[@]}" --skip-st \
+            --out "$out/ddp-1gpu.json" 2>&1 | tee "$out/ddp-1gpu.log"
+        torchrun --nproc-per-node 2 bench/trainer_speed.py --data $data "${models[@]}" \
+            --skip-st --out "$out/ddp-2gpu.json" 2>&1 | tee "$out/ddp-2gpu.log"
+        trial full torchrun --nproc-per-node 2
+        ;;
+    ddp2)
+        torchrun --nproc-per-node 2 bench/trainer_speed.py --data $data "${models[@]}" \
+            --skip-st --out "$out/ddp-2gpu.json" 2>&1 | tee "$out/ddp-2gpu.log"
+        torchrun --nproc-per-node 2 bench/trainer_speed.py --data $data "${models[@]}" \
+            --skip-st --no-optimize-ddp --out "$out/ddp-2gpu-one-graph.json" 2>&1 |
+            tee "$out/ddp-2gpu-one-graph.log"
+        ;;
+    esac
+done

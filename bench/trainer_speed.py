@@ -1,0 +1,378 @@
+"""Training speed of Kubetune's trainer against sentence-transformers' own trainer.
+
+Why: the trainer's speed decides how many trials a tuning task can afford, and the honest
+yardstick is what a user would otherwise run, `SentenceTransformerTrainer`. Both train the
+same model on the same pairs with the same loss (in-batch negatives, scale 20), batch,
+maximum sequence length and precision (bf16 autocast over fp32 weights), one after the
+other in one process on one GPU, and the script prints samples/s for both, their ratio and
+model FLOP utilisation (MFU) counted on real (non-padding) tokens.
+
+FLOPs per sample are counted on the data, not on padded shapes: for each training pair,
+6 x (parameters of the transformer layers) per real token (forward and backward of every
+linear layer) plus 12 x layers x hidden x length^2 per text (attention scores and their
+application, forward and backward), averaged over the training set truncated at the maximum
+length. Embedding look-ups and normalisations are not counted. MFU divides the achieved
+FLOP/s by the datasheet's dense bf16 rate of the chip (989 TFLOP/s for H100 and H200 SXM)
+and, for reference, by the rate of a large bf16 matrix product measured on the spot.
+
+Timings skip warm-up steps (kernel autotuning, and `torch.compile` on our side) and take the
+steady state after them: ours from the trainer's own logging windows, which end in a device
+synchronisation; sentence-transformers' between two synchronised trainer callbacks.
+
+Under `torchrun --nproc-per-node N` (with `--skip-st`), the script measures our trainer on N
+GPUs: every process runs its share of each batch and rank 0 prints the figures.
+
+    python bench/trainer_speed.py --data debian-train.jsonl.gz \\
+        --model minilm=path/to/all-MiniLM-L6-v2 --model bert-base=random
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from kubetune.contract import DataSpec, TrialConfig
+from kubetune_trainer.batching import TokenizedExamples
+from kubetune_trainer.data import Example, read_examples
+from kubetune_trainer.losses import build_loss
+from kubetune_trainer.model import load_model
+from kubetune_trainer.storage import Storage
+from kubetune_trainer.tracking import LogPoint, Observer
+from kubetune_trainer.train import Trainer
+from kubetune_trainer.trial import Process
+
+DATASHEET_BF16_FLOPS = 989e12
+"""Dense bf16 tensor-core rate of the H100 and H200 SXM by NVIDIA's datasheet."""
+
+log = logging.getLogger("bench")
+
+
+@dataclass
+class Figures:
+    """One trainer's measurement on one model."""
+
+    trainer: str
+    model: str
+    gpus: int
+    samples_per_second: float
+    steps_timed: int
+    warmup_seconds: float
+    mfu_datasheet: float
+    mfu_measured_peak: float
+
+
+def build_bert_base(template: Path, out: Path, seed: int = 0) -> Path:
+    """A BERT-base-shaped sentence-transformers model (768 hidden, 12 layers, 12 heads) with
+    random weights and the template's tokenizer, pooling and normalisation; nothing is
+    downloaded."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=512,
+    )
+    BertModel(config).save_pretrained(out, safe_serialization=True)
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+        "special_tokens_map.json",
+        "modules.json",
+        "sentence_bert_config.json",
+        "config_sentence_transformers.json",
+    ):
+        if (template / name).exists():
+            shutil.copy2(template / name, out / name)
+    pooling = json.loads((template / "1_Pooling" / "config.json").read_text())
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    (out / "1_Pooling" / "config.json").write_text(
+        json.dumps(pooling | {"word_embedding_dimension": 768})
+    )
+    return out
+
+
+def flops_per_sample(model_dir: Path, examples: list[Example], max_length: int) -> float:
+    """Model FLOPs of one training pair (forward and backward), averaged over `examples`."""
+    model = load_model(model_dir, str(model_dir))
+    config = model.encoder.transformer.config
+    layers = model.encoder.transformer.encoder.layer
+    layer_parameters = sum(p.numel() for p in layers.parameters())
+    lengths = [
+        len(ids)
+        for texts in ([e.anchor for e in examples], [e.positive for e in examples])
+        for ids in model.tokenize(texts, max_length)
+    ]
+    tokens = sum(lengths)
+    squares = sum(length * length for length in lengths)
+    attention = 12 * config.num_hidden_layers * config.hidden_size * squares
+    return (6 * layer_parameters * tokens + attention) / len(examples)
+
+
+def matmul_peak(device: torch.device) -> float:
+    """FLOP/s of an 8192^3 bf16 matrix product on random data (median of 20)."""
+    a, b = (torch.randn(8192, 8192, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(20):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * 8192**3 / statistics.median(times)
+
+
+class _Windows(Observer):
+    def __init__(self) -> None:
+        self.points: list[LogPoint] = []
+
+    def on_log(self, point: LogPoint) -> None:
+        self.points.append(point)
+
+
+def ours(
+    model_dir: Path,
+    examples: list[Example],
+    args: argparse.Namespace,
+    device: torch.device,
+    process: Process,
+) -> tuple[float, int, float]:
+    """Kubetune's `Trainer`: (samples/s after warm-up, steps timed, warm-up seconds)."""
+    config = TrialConfig.model_validate(
+        {
+            "trial": {
+                "namespace": "bench",
+                "task": "speed",
+                "lineage": "bench",
+                "iteration": 0,
+                "index": 0,
+                "name": "bench",
+            },
+            "base_model": str(model_dir),
+            "data": {"train": ["unused"]},
+            "hyperparameters": {
+                "batch_size": args.batch_size,
+                "max_seq_length": args.max_length,
+                "learning_rate": 5e-5,
+                "precision": "bf16",
+                "max_steps": args.warmup + args.steps,
+                "log_every_steps": args.log_every,
+                "checkpoint_every_steps": None,
+            },
+            "output": {"checkpoint_uri": "/tmp/unused/model"},
+        }
+    )
+    torch.manual_seed(config.hyperparameters.seed + process.rank)
+    model = load_model(model_dir, str(model_dir))
+    model.encoder.to(device)
+    data = TokenizedExamples(examples, model, args.max_length)
+    windows = _Windows()
+    started = time.perf_counter()
+    Trainer(
+        config=config,
+        encoder=model.encoder,
+        data=data,
+        loss_fn=build_loss(config.loss_name, config.loss),
+        device=device,
+        amp_dtype=torch.bfloat16,
+        evaluate=None,
+        observer=windows,
+        save_state=None,
+    ).run()
+    total = time.perf_counter() - started
+    timed = [point for point in windows.points if point.step > args.warmup]
+    samples = len(timed) * args.log_every * args.batch_size
+    seconds = sum(args.log_every * args.batch_size / point.samples_per_second for point in timed)
+    return samples / seconds, len(timed) * args.log_every, total - seconds
+
+
+def sentence_transformers_trainer(
+    model_dir: Path, examples: list[Example], args: argparse.Namespace, out: Path
+) -> tuple[float, int, float]:
+    """`SentenceTransformerTrainer`: (samples/s after warm-up, steps timed, warm-up seconds)."""
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+        losses,
+    )
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def __init__(self) -> None:
+            self.marks: dict[str, float] = {}
+
+        def on_train_begin(self, *_: Any, **__: Any) -> None:
+            self.marks["begin"] = time.perf_counter()
+
+        def on_step_end(self, _args: Any, state: Any, *__: Any, **___: Any) -> None:
+            if state.global_step in (args.warmup, args.warmup + args.steps):
+                torch.cuda.synchronize()
+                self.marks[str(state.global_step)] = time.perf_counter()
+
+    model = SentenceTransformer(str(model_dir), device="cuda").to(torch.float32)
+    model.max_seq_length = args.max_length
+    dataset = Dataset.from_dict(
+        {"anchor": [e.anchor for e in examples], "positive": [e.positive for e in examples]}
+    )
+    training = SentenceTransformerTrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=args.batch_size,
+        max_steps=args.warmup + args.steps,
+        learning_rate=5e-5,
+        warmup_ratio=0.1,
+        bf16=True,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=args.log_every,
+        disable_tqdm=True,
+        seed=42,
+    )
+    clock = Clock()
+    SentenceTransformerTrainer(
+        model=model,
+        args=training,
+        train_dataset=dataset,
+        loss=losses.MultipleNegativesRankingLoss(model, scale=20.0),
+        callbacks=[clock],
+    ).train()
+    seconds = clock.marks[str(args.warmup + args.steps)] - clock.marks[str(args.warmup)]
+    warmup = clock.marks[str(args.warmup)] - clock.marks["begin"]
+    return args.steps * args.batch_size / seconds, args.steps, warmup
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="pairs, JSONL(.gz)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        help="NAME=DIR, or NAME=random for a random BERT-base with the first model's tokenizer",
+    )
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--skip-st", action="store_true", help="measure only our trainer")
+    parser.add_argument("--out", type=Path, help="write the figures here as JSON")
+    parser.add_argument(
+        "--no-optimize-ddp",
+        action="store_true",
+        help="compile one graph instead of one per DDP gradient bucket (an experiment)",
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+
+    torch._dynamo.config.optimize_ddp = not args.no_optimize_ddp
+    process = Process.from_environ()
+    device = torch.device("cuda", process.local_rank)
+    torch.cuda.set_device(device)
+    if process.world_size > 1:
+        dist.init_process_group("nccl", device_id=device)
+    lead = process.lead
+    scratch = Path(tempfile.mkdtemp(prefix="bench-"))
+    spec = DataSpec.model_validate({"train": [str(args.data)], "format": "pairs"})
+    examples = read_examples(Storage(), spec.train, spec, scratch / "data")
+    peak = matmul_peak(device)
+    figures: list[Figures] = []
+    models: dict[str, Path] = {}
+    for item in args.model:
+        name, _, where = item.partition("=")
+        template = next(iter(models.values()), None)
+        if where == "random":
+            assert template is not None, "a random model needs a real one before it"
+            models[name] = Path(tempfile.gettempdir()) / f"bench-{name}"
+            if lead:  # transformers saves only on the main process under torch.distributed
+                build_bert_base(template, models[name])
+            if dist.is_initialized():
+                dist.barrier()
+        else:
+            models[name] = Path(where)
+    for name, model_dir in models.items():
+        per_sample = flops_per_sample(model_dir, examples, args.max_length)
+        trainers = ["kubetune"] + ([] if args.skip_st else ["sentence-transformers"])
+        for trainer in trainers:
+            try:
+                if trainer == "kubetune":
+                    rate, timed, warmup = ours(model_dir, examples, args, device, process)
+                else:
+                    rate, timed, warmup = sentence_transformers_trainer(
+                        model_dir, examples, args, scratch / "st"
+                    )
+            except Exception:
+                log.exception("%s on %s failed", trainer, name)
+                continue
+            finally:
+                gc.collect()
+                torch.cuda.empty_cache()
+            figures.append(
+                Figures(
+                    trainer=trainer,
+                    model=name,
+                    gpus=process.world_size,
+                    samples_per_second=rate,
+                    steps_timed=timed,
+                    warmup_seconds=warmup,
+                    mfu_datasheet=rate * per_sample / (DATASHEET_BF16_FLOPS * process.world_size),
+                    mfu_measured_peak=rate * per_sample / (peak * process.world_size),
+                )
+            )
+            if lead:
+                print(json.dumps(asdict(figures[-1])), flush=True)
+    if lead:
+        _report(figures, peak, device, args)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _report(
+    figures: list[Figures], peak: float, device: torch.device, args: argparse.Namespace
+) -> None:
+    print(
+        f"\n{torch.cuda.get_device_name(device)}, torch {torch.__version__}; batch "
+        f"{args.batch_size}, max length {args.max_length}, bf16; measured bf16 matmul peak "
+        f"{peak / 1e12:.0f} TFLOP/s, datasheet {DATASHEET_BF16_FLOPS / 1e12:.0f}"
+    )
+    print(f"{'model':<10} {'trainer':<22} {'GPUs':>4} {'samples/s':>10} {'MFU':>6} {'ratio':>6}")
+    for figure in figures:
+        reference = next(
+            (
+                other.samples_per_second
+                for other in figures
+                if other.model == figure.model and other.trainer == "sentence-transformers"
+            ),
+            None,
+        )
+        ratio = f"{figure.samples_per_second / reference:.2f}" if reference else "-"
+        print(
+            f"{figure.model:<10} {figure.trainer:<22} {figure.gpus:>4} "
+            f"{figure.samples_per_second:>10.0f} {figure.mfu_datasheet:>6.1%} {ratio:>6}"
+        )
+    if args.out:
+        args.out.write_text(json.dumps([asdict(figure) for figure in figures], indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""`make demo`: a real fine-tuning iteration on a devcluster, watched as it happens."""

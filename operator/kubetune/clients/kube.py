@@ -1,0 +1,114 @@
+"""Kubernetes reads and writes of the operator: its two kinds, trial Jobs and their Pods,
+and the Secrets that hold S3 credentials. Plain dicts in and out; errors that mean
+"already done" (AlreadyExists on create, NotFound on delete) are success.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from kubetune.api import GROUP, VERSION
+from kubetune.manifests import LABEL_TASK
+
+
+class ConflictError(RuntimeError):
+    """A conditional write lost a race; reconcile again with fresh reads."""
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.custom = client.CustomObjectsApi(api)
+        self.batch = client.BatchV1Api(api)
+        self.core = client.CoreV1Api(api)
+
+    # -- the operator's kinds --------------------------------------------------------
+    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(
+                self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def patch_status(
+        self,
+        plural: str,
+        namespace: str,
+        name: str,
+        status_patch: dict[str, Any],
+        resource_version: str | None = None,
+    ) -> dict[str, Any]:
+        """JSON merge patch of `status`; with `resource_version`, only if it is unchanged."""
+        body: dict[str, Any] = {"status": status_patch}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        try:
+            response = self.custom.patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                namespace,
+                plural,
+                name,
+                body,
+                _content_type="application/merge-patch+json",
+                _preload_content=False,
+            )
+        except ApiException as error:
+            if error.status == 409:
+                raise ConflictError(
+                    f"{plural}/{name} changed while it was being updated"
+                ) from error
+            raise
+        return dict(json.loads(response.data))
+
+    def patch_metadata(self, plural: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, name, {"metadata": patch}
+        )
+
+    # -- trial Jobs -----------------------------------------------------------------
+    def task_jobs(self, namespace: str, task: str) -> list[dict[str, Any]]:
+        response = self.batch.list_namespaced_job(
+            namespace, label_selector=f"{LABEL_TASK}={task}", _preload_content=False
+        )
+        return list(json.loads(response.data)["items"])
+
+    def task_pods(self, namespace: str, task: str) -> list[dict[str, Any]]:
+        response = self.core.list_namespaced_pod(
+            namespace, label_selector=f"{LABEL_TASK}={task}", _preload_content=False
+        )
+        return list(json.loads(response.data)["items"])
+
+    def create_job(self, manifest: dict[str, Any]) -> bool:
+        """Create the Job; False when it already exists (the name is deterministic)."""
+        try:
+            self.batch.create_namespaced_job(manifest["metadata"]["namespace"], manifest)
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        try:
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    # -- Secrets --------------------------------------------------------------------
+    def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}

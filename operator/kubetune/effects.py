@@ -1,0 +1,142 @@
+"""Carry out a decision's actions against Kubernetes, S3 and MLflow.
+
+Each action maps to one client call (or a short sequence for lineage updates, which are
+conditional writes of the TunedModel's status). Failures surface as `EffectError` with a
+message a user can act on; the reconciler turns it into a condition and retries.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes.client.rest import ApiException
+
+from kubetune.api import TUNED_MODEL, TunedModelStatus
+from kubetune.clients.kube import ConflictError, Kube
+from kubetune.clients.s3 import S3Credentials, S3Location, Storage, StorageError
+from kubetune.decide import (
+    Action,
+    CopyCheckpoint,
+    CreateJob,
+    DeleteJob,
+    DeleteStorage,
+    DropIterations,
+    ReserveIteration,
+    UpdateLineage,
+    VerifyCheckpoint,
+    WriteManifest,
+    apply_to_model,
+)
+from kubetune.locations import ResolvedStorage
+from kubetune.metrics import METRICS
+from kubetune.patch import merge_patch
+
+
+class EffectError(RuntimeError):
+    """An action could not be carried out; the message says what and why."""
+
+
+@dataclass
+class Effects:
+    kube: Kube
+
+    def storage(self, namespace: str, resolved: ResolvedStorage) -> Storage:
+        """An S3 client for the storage, with credentials from its Secret (if it names
+        one) or else the operator's own environment."""
+        access_key = secret_key = None
+        ref = resolved.credentials_secret
+        if ref is not None:
+            data = self.kube.secret_data(namespace, ref.name)
+            if data is None:
+                raise EffectError(f'Secret "{ref.name}" not found in namespace "{namespace}"')
+            missing = [
+                k for k in (ref.access_key_id_key, ref.secret_access_key_key) if k not in data
+            ]
+            if missing:
+                raise EffectError(f'Secret "{ref.name}" has no key {missing[0]!r}')
+            access_key = data[ref.access_key_id_key]
+            secret_key = data[ref.secret_access_key_key]
+        return Storage(
+            S3Credentials(resolved.endpoint, access_key, secret_key, resolved.region or "us-east-1")
+        )
+
+    def preflight(self, namespace: str, resolved: ResolvedStorage) -> None:
+        """Before trials start: the credentials exist and the bucket answers."""
+        try:
+            self.storage(namespace, resolved).check_bucket(resolved.bucket)
+        except StorageError as error:
+            raise EffectError(str(error)) from error
+
+    def apply(self, namespace: str, action: Action) -> None:
+        try:
+            self._apply(namespace, action)
+        except StorageError as error:
+            raise EffectError(str(error)) from error
+        except ApiException as error:
+            raise EffectError(f"Kubernetes API: {error.status} {error.reason}") from error
+
+    def _apply(self, namespace: str, action: Action) -> None:
+        if isinstance(action, CreateJob):
+            if self.kube.create_job(action.manifest):
+                METRICS.trials_started.inc()
+        elif isinstance(action, DeleteJob):
+            self.kube.delete_job(namespace, action.name)
+        elif isinstance(action, ReserveIteration | UpdateLineage | DropIterations):
+            self._update_lineage(namespace, action)
+        elif isinstance(action, CopyCheckpoint):
+            storage = self.storage(namespace, action.storage)
+            storage.copy_tree(
+                S3Location.parse(action.source_uri), S3Location.parse(action.target_uri)
+            )
+        elif isinstance(action, VerifyCheckpoint):
+            self._verify(namespace, action)
+        elif isinstance(action, WriteManifest):
+            assert action.storage is not None
+            folder, name = posixpath.split(action.uri)
+            self.storage(namespace, action.storage).put_json(
+                S3Location.parse(folder), name, action.document
+            )
+        elif isinstance(action, DeleteStorage):
+            self.storage(namespace, action.storage).delete_tree(S3Location.parse(action.uri))
+        else:
+            raise TypeError(f"unknown action {action!r}")
+
+    def _verify(self, namespace: str, action: VerifyCheckpoint) -> None:
+        storage = self.storage(namespace, action.storage)
+        source = storage.list(S3Location.parse(action.source_uri))
+        target = storage.list(S3Location.parse(action.target_uri))
+        if not source:
+            raise EffectError(f"{action.source_uri} is empty")
+        wrong = sorted(k for k, size in source.items() if target.get(k) != size)
+        if wrong:
+            raise EffectError(
+                f"{len(wrong)} of {len(source)} objects missing or different under "
+                f"{action.target_uri} (first: {wrong[0]})"
+            )
+
+    def _update_lineage(
+        self, namespace: str, action: ReserveIteration | UpdateLineage | DropIterations
+    ) -> None:
+        body = self.kube.get(TUNED_MODEL.plural, namespace, action.model)
+        if body is None:
+            raise EffectError(f'TunedModel "{action.model}" not found')
+        version = (
+            action.resource_version
+            if isinstance(action, ReserveIteration)
+            else body["metadata"]["resourceVersion"]
+        )
+        old = TunedModelStatus.model_validate(body.get("status") or {})
+        new = apply_to_model(old, action)
+        patch = merge_patch(old.to_json(), new.to_json())
+        if not patch:
+            return
+        try:
+            self.kube.patch_status(TUNED_MODEL.plural, namespace, action.model, patch, version)
+        except ConflictError as error:
+            raise EffectError(str(error)) from error
+
+    def read_json(self, namespace: str, resolved: ResolvedStorage, uri: str) -> Any | None:
+        folder, name = posixpath.split(uri)
+        return self.storage(namespace, resolved).get_json(S3Location.parse(folder), name)

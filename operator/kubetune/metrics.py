@@ -1,0 +1,62 @@
+"""Prometheus metrics of the operator, served on `KUBETUNE_METRICS_PORT`.
+
+Task counts by phase are recomputed from what the operator last saw of each task, so
+they are right again after a restart as soon as the initial listing is through.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from kubetune.api.conditions import PHASES
+
+
+@dataclass
+class OperatorMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.tasks = Gauge("kubetune_tasks", "FineTuningTasks by phase", ["phase"], registry=r)
+        self.trials_started = Counter("kubetune_trials_started", "Trial Jobs created", registry=r)
+        self.trials_finished = Counter(
+            "kubetune_trials_finished", "Trials that ended, by outcome", ["outcome"], registry=r
+        )
+        self.reconcile_seconds = Histogram(
+            "kubetune_reconcile_duration_seconds", "Time of one reconcile", ["kind"], registry=r
+        )
+        self.promotion_seconds = Histogram(
+            "kubetune_promotion_duration_seconds",
+            "From the start of a promotion to the task's success",
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
+            registry=r,
+        )
+        self.reconcile_errors = Counter(
+            "kubetune_reconcile_errors",
+            "Reconciles that failed and were retried",
+            ["kind"],
+            registry=r,
+        )
+        self._phases: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+
+    def task_phase(self, namespace: str, name: str, phase: str | None) -> None:
+        with self._lock:
+            if phase is None:
+                self._phases.pop((namespace, name), None)
+            else:
+                self._phases[(namespace, name)] = phase
+            counts = dict.fromkeys(PHASES, 0)
+            for value in self._phases.values():
+                counts[value] = counts.get(value, 0) + 1
+        for phase_name, count in counts.items():
+            self.tasks.labels(phase_name).set(count)
+
+    def serve(self, port: int) -> None:
+        start_http_server(port, registry=self.registry)
+
+
+METRICS = OperatorMetrics()

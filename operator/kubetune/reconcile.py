@@ -1,0 +1,275 @@
+"""One reconcile of a FineTuningTask or a TunedModel: read, decide, apply, write status.
+
+Reads are fresh (GETs and label-selected lists), the decision is the pure `decide`
+function, actions go through `Effects`, and status is written as a merge patch only when
+it changed. The return value is when to reconcile again (None: on the next event).
+Nothing here keeps state between calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from kubetune.api import FINE_TUNING_TASK, TUNED_MODEL, FineTuningTaskStatus
+from kubetune.api import conditions as c
+from kubetune.clients.kube import Kube
+from kubetune.clients.tracking import Tracking, TrackingError
+from kubetune.config import OperatorConfig
+from kubetune.contract import TrialResult
+from kubetune.decide import (
+    CreateJob,
+    Event,
+    ModelObject,
+    ObservedJob,
+    TaskObject,
+    action_failed,
+    decide_model,
+    decide_task,
+    deletion_actions,
+    invalid_spec,
+    needs_finalizer,
+    observe_job,
+    results_to_read,
+)
+from kubetune.effects import EffectError, Effects
+from kubetune.locations import resolve_storage
+from kubetune.manifests import LABEL_TASK
+from kubetune.metrics import METRICS
+from kubetune.patch import merge_patch
+
+log = logging.getLogger("kubetune")
+STORAGE_FINALIZER = "kubetune.dev/delete-storage"
+MAX_ROUNDS = 20
+"""Decisions that want an immediate follow-up are chained, up to this many per call."""
+
+EventSink = Callable[[dict[str, Any], str, str, str], None]
+"""(object body, type, reason, message) -> records a Kubernetes Event."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def retry_delay(status: FineTuningTaskStatus, now: datetime) -> float:
+    """Backoff from how long the failure has lasted (no counter kept in memory): 5 s at
+    first, then half the time it has been failing, at most 5 minutes."""
+    condition = c.get_condition(status.conditions, c.INPUTS_READY)
+    if condition is None or condition.status != "False":
+        return 5.0
+    elapsed = (now - condition.last_transition_time).total_seconds()
+    return float(min(300.0, max(5.0, elapsed / 2)))
+
+
+@dataclass
+class Reconciler:
+    kube: Kube
+    effects: Effects
+    config: OperatorConfig
+    record_event: EventSink
+
+    # -- FineTuningTask --------------------------------------------------------------
+    def task(self, namespace: str, name: str) -> float | None:
+        started = time.monotonic()
+        try:
+            for _ in range(MAX_ROUNDS):
+                delay = self._task_round(namespace, name)
+                if delay != 0:
+                    return delay
+            return 0.5
+        finally:
+            METRICS.reconcile_seconds.labels(FINE_TUNING_TASK.kind).observe(
+                time.monotonic() - started
+            )
+
+    def _task_round(self, namespace: str, name: str) -> float | None:
+        body = self.kube.get(FINE_TUNING_TASK.plural, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            METRICS.task_phase(namespace, name, None)
+            return None
+        now = _now()
+        try:
+            task = TaskObject.from_body(body)
+        except ValidationError as error:
+            old = FineTuningTaskStatus.model_validate(body.get("status") or {})
+            generation = int(body["metadata"].get("generation", 1))
+            message = f"the spec cannot be used: {_first_error(error)}"
+            self._write_task_status(body, old, invalid_spec(old, generation, message, now))
+            return None
+        model_body = self.kube.get(TUNED_MODEL.plural, namespace, task.spec.model_ref.name)
+        model = ModelObject.from_body(model_body) if model_body else None
+        try:
+            jobs = self._observe_jobs(task, model)
+        except EffectError as error:
+            log.warning("%s/%s: reading trial results failed: %s", namespace, name, error)
+            return retry_delay(task.status, now)
+        experiment_id = self._experiment(task)
+        decision = decide_task(
+            task, model, jobs, self.config.defaults, now, experiment_id=experiment_id
+        )
+        status = decision.status
+        events = list(decision.events)
+        for action in decision.actions:
+            try:
+                if isinstance(action, CreateJob) and model is not None:
+                    storage = resolve_storage(model.spec.storage, self.config.defaults.storage)
+                    if storage is not None:
+                        self.effects.preflight(namespace, storage)
+                self.effects.apply(namespace, action)
+            except EffectError as error:
+                METRICS.reconcile_errors.labels(FINE_TUNING_TASK.kind).inc()
+                status = action_failed(task, action, str(error), now)
+                events = [
+                    Event("Warning", c.REASON_ACTION_FAILED, f"{type(action).__name__}: {error}")
+                ]
+                self._write_task_status(body, task.status, status)
+                self._emit(body, events)
+                return retry_delay(status, now)
+        self._write_task_status(body, task.status, status)
+        self._emit(body, events)
+        self._count(task.status, status, now)
+        return decision.requeue_after
+
+    def _observe_jobs(self, task: TaskObject, model: ModelObject | None) -> list[ObservedJob]:
+        jobs = self.kube.task_jobs(task.namespace, task.name)
+        pods = self.kube.task_pods(task.namespace, task.name)
+        by_job: dict[str, list[dict[str, Any]]] = {}
+        for pod in pods:
+            job_name = (pod["metadata"].get("labels") or {}).get("job-name")
+            if job_name:
+                by_job.setdefault(job_name, []).append(pod)
+        observed = [observe_job(j, by_job.get(j["metadata"]["name"], [])) for j in jobs]
+        reads = dict(results_to_read(task.status, observed))
+        if not reads or model is None:
+            return observed
+        storage = resolve_storage(model.spec.storage, self.config.defaults.storage)
+        if storage is None:
+            return observed
+        completed = []
+        for job in observed:
+            uri = reads.get(job.name)
+            if uri is None:
+                completed.append(job)
+                continue
+            document = self.effects.read_json(task.namespace, storage, uri)
+            if document is None:
+                completed.append(replace(job, result_error=f"{uri} is missing"))
+                continue
+            try:
+                completed.append(replace(job, result=TrialResult.model_validate(document)))
+            except ValidationError as error:
+                completed.append(
+                    replace(job, result_error=f"{uri} is invalid: {_first_error(error)}")
+                )
+        return completed
+
+    def _experiment(self, task: TaskObject) -> str | None:
+        """Create the attempt's MLflow experiment once its name is known."""
+        tracking_uri = self.config.defaults.mlflow_tracking_uri
+        mlflow = task.status.mlflow
+        if not tracking_uri or mlflow is None or mlflow.experiment_id:
+            return None
+        try:
+            return Tracking(tracking_uri).ensure_experiment(
+                mlflow.experiment_name,
+                {LABEL_TASK: task.name, "kubetune.dev/namespace": task.namespace},
+            )
+        except (TrackingError, OSError) as error:
+            log.warning("MLflow experiment %s: %s", mlflow.experiment_name, error)
+            return None
+
+    def _write_task_status(
+        self, body: dict[str, Any], old: FineTuningTaskStatus, new: FineTuningTaskStatus
+    ) -> None:
+        meta = body["metadata"]
+        METRICS.task_phase(meta["namespace"], meta["name"], new.phase)
+        patch = merge_patch(old.to_json(), new.to_json())
+        if patch:
+            self.kube.patch_status(FINE_TUNING_TASK.plural, meta["namespace"], meta["name"], patch)
+
+    def _count(self, old: FineTuningTaskStatus, new: FineTuningTaskStatus, now: datetime) -> None:
+        before = {t.name: t.phase for t in old.trials}
+        for trial in new.trials:
+            if (
+                trial.phase in ("Succeeded", "Failed", "Canceled")
+                and before.get(trial.name) != trial.phase
+            ):
+                METRICS.trials_finished.labels(trial.phase.lower()).inc()
+        if old.promotion is not None and new.phase == "Succeeded" and old.phase != "Succeeded":
+            METRICS.promotion_seconds.observe((now - old.promotion.started_at).total_seconds())
+
+    def _emit(self, body: dict[str, Any], events: list[Event]) -> None:
+        for event in events:
+            self.record_event(body, event.type, event.reason, event.message)
+
+    # -- TunedModel ------------------------------------------------------------------
+    def model(self, namespace: str, name: str) -> float | None:
+        started = time.monotonic()
+        try:
+            return self._model(namespace, name)
+        finally:
+            METRICS.reconcile_seconds.labels(TUNED_MODEL.kind).observe(time.monotonic() - started)
+
+    def _model(self, namespace: str, name: str) -> float | None:
+        body = self.kube.get(TUNED_MODEL.plural, namespace, name)
+        if body is None:
+            return None
+        model = ModelObject.from_body(body)
+        finalizers = list(body["metadata"].get("finalizers") or [])
+        if body["metadata"].get("deletionTimestamp"):
+            if STORAGE_FINALIZER not in finalizers:
+                return None
+            try:
+                for action in deletion_actions(model, self.config.defaults):
+                    self.effects.apply(namespace, action)
+            except EffectError as error:
+                self.record_event(body, "Warning", "StorageDeletionFailed", str(error))
+                return 30.0
+            finalizers.remove(STORAGE_FINALIZER)
+            self.kube.patch_metadata(
+                TUNED_MODEL.plural,
+                namespace,
+                name,
+                {"finalizers": finalizers, "resourceVersion": body["metadata"]["resourceVersion"]},
+            )
+            return None
+        wanted = needs_finalizer(model)
+        if wanted != (STORAGE_FINALIZER in finalizers):
+            finalizers = (
+                [*finalizers, STORAGE_FINALIZER]
+                if wanted
+                else [f for f in finalizers if f != STORAGE_FINALIZER]
+            )
+            self.kube.patch_metadata(
+                TUNED_MODEL.plural,
+                namespace,
+                name,
+                {"finalizers": finalizers, "resourceVersion": body["metadata"]["resourceVersion"]},
+            )
+            return 0.1
+        decision = decide_model(model, self.config.defaults, _now())
+        try:
+            for action in decision.actions:
+                self.effects.apply(namespace, action)
+        except EffectError as error:
+            self.record_event(body, "Warning", c.REASON_ACTION_FAILED, str(error))
+            return 30.0
+        patch = merge_patch(model.status.to_json(), decision.status.to_json())
+        if patch:
+            self.kube.patch_status(
+                TUNED_MODEL.plural, namespace, name, patch, body["metadata"]["resourceVersion"]
+            )
+        self._emit(body, list(decision.events))
+        return None
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    location = ".".join(str(p) for p in first["loc"])
+    return f"{location}: {first['msg']}" if location else str(first["msg"])

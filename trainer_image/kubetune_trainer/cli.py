@@ -1,0 +1,96 @@
+"""`python -m kubetune_trainer`: the command the operator's Jobs run.
+
+Reads the trial config (`--config PATH` or `KUBETUNE_TRIAL_CONFIG`), runs the trial, and ends
+with an exit code from `kubetune.contract` (0 ok, 2 bad input, 3 training failed, 4 storage
+failed, 1 unexpected) and a one-line termination message: the result summary, or the error.
+For a multi-GPU trial the operator's Job runs this under `torchrun --nproc-per-node N`; only
+rank 0 writes the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from kubetune.contract import (
+    DEFAULT_TERMINATION_MESSAGE_PATH,
+    EXIT_INTERNAL_ERROR,
+    EXIT_OK,
+    TERMINATION_MESSAGE_ENV,
+    failure_message,
+    termination_summary,
+)
+from kubetune_trainer.config import load_config
+from kubetune_trainer.errors import TrialError
+
+log = logging.getLogger("kubetune_trainer")
+
+
+def termination_message_path(environ: Mapping[str, str] = os.environ) -> Path | None:
+    """The env var's path, else Kubernetes' default if it is writable here, else None."""
+    configured = environ.get(TERMINATION_MESSAGE_ENV)
+    if configured:
+        return Path(configured)
+    default = Path(DEFAULT_TERMINATION_MESSAGE_PATH)
+    return default if os.access(default, os.W_OK) else None
+
+
+def write_termination_message(message: str) -> None:
+    path = termination_message_path()
+    if path is None:
+        return
+    try:
+        path.write_text(message + "\n", encoding="utf-8")
+    except OSError as error:
+        log.warning("cannot write the termination message to %s: %s", path, error)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m kubetune_trainer",
+        description="Run one Kubetune fine-tuning trial.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="trial config JSON file (default: the KUBETUNE_TRIAL_CONFIG environment variable)",
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = load_config(args.config)
+        log.info("trial %s/%s (%s)", config.trial.namespace, config.trial.name, config.method)
+        from kubetune_trainer.trial import run_trial
+
+        result = run_trial(config)
+        if result is None:
+            log.info("done; rank 0 reports the result")
+            return EXIT_OK
+    except TrialError as error:
+        message = failure_message(error.exit_code, str(error))
+        log.error("%s", message)
+        write_termination_message(message)
+        return error.exit_code
+    except Exception as error:
+        log.exception("unexpected failure")
+        write_termination_message(
+            failure_message(EXIT_INTERNAL_ERROR, f"{type(error).__name__}: {error}")
+        )
+        return EXIT_INTERNAL_ERROR
+    summary = termination_summary(result)
+    log.info("%s", summary)
+    write_termination_message(summary)
+    return EXIT_OK

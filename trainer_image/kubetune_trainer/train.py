@@ -1,0 +1,263 @@
+"""The training loop: plain PyTorch, one optimizer step per batch.
+
+AdamW (fused on CUDA; no weight decay on biases and norm weights), linear warmup then linear
+decay to zero, autocast in the trial's precision (a loss scaler only for fp16), gradient
+clipping, and optionally gradient caching. On CUDA the encoder's packed forward is compiled
+(`torch.compile`, one dynamic-shape graph) and, with several processes, wrapped in
+DistributedDataParallel. Nothing in an ordinary step waits for the accelerator: batches come
+from pre-tokenized arrays through pinned memory, and the loss stays on the device until a
+logging step reads it, so the host queues the next step while the GPU runs this one.
+Evaluation and resumable state saves happen every N steps as configured; `Trainer.state` /
+`restore` make a restarted run continue with the same weights, optimizer, schedule, batches
+and random state.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from kubetune.contract import TrialConfig
+from kubetune_trainer.batching import Batch, BatchSchedule, TokenizedExamples
+from kubetune_trainer.errors import TrainingError
+from kubetune_trainer.losses import Loss
+from kubetune_trainer.model import Encoder
+from kubetune_trainer.step import EncodeFn, cached_forward_backward, forward_backward
+from kubetune_trainer.tracking import LogPoint, Observer
+
+
+def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor: 0 -> 1 over the warmup, then 1 -> 0 at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+def total_steps(config: TrialConfig, train_size: int) -> int:
+    hyper = config.hyperparameters
+    if hyper.max_steps is not None:
+        return hyper.max_steps
+    return hyper.epochs * -(-train_size // min(hyper.batch_size, train_size))
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    steps: int
+    epochs: float
+    samples_per_second: float
+    train_seconds: float
+    resumed_from_step: int | None
+
+
+class Trainer:
+    """Trains `encoder` on `data` for the config's number of steps."""
+
+    def __init__(
+        self,
+        config: TrialConfig,
+        encoder: Encoder,
+        data: TokenizedExamples,
+        loss_fn: Loss,
+        device: torch.device,
+        amp_dtype: torch.dtype | None,
+        evaluate: Callable[[], dict[str, float]] | None,
+        observer: Observer,
+        save_state: Callable[[dict[str, Any]], None] | None,
+    ) -> None:
+        hyper = config.hyperparameters
+        self.config = config
+        self.encoder = encoder
+        self.data = data
+        self.loss_fn = loss_fn
+        self.device = device
+        self.amp_dtype = amp_dtype
+        self.evaluate = evaluate
+        self.observer = observer
+        self.save_state = save_state
+        self.schedule = BatchSchedule(len(data), hyper.batch_size, hyper.seed)
+        self.total_steps = total_steps(config, len(data))
+        self.step = 0
+        self.train_seconds = 0.0
+        self.samples = 0
+        self.resumed_from_step: int | None = None
+        distributed = dist.is_initialized()
+        self.rank = dist.get_rank() if distributed else 0
+        self.world_size = dist.get_world_size() if distributed else 1
+        encoder.freeze_unused()
+        self.parameters = {
+            name: parameter
+            for name, parameter in encoder.named_parameters()
+            if parameter.requires_grad
+        }
+        decay = [p for p in self.parameters.values() if p.ndim >= 2]
+        no_decay = [p for p in self.parameters.values() if p.ndim < 2]
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": hyper.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=config.learning_rate,
+            fused=device.type == "cuda",
+        )
+        warmup = math.ceil(hyper.warmup_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, linear_schedule(warmup, self.total_steps)
+        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        self.encode = self._training_forward()
+
+    def _training_forward(self) -> EncodeFn:
+        """The encoder as the step calls it: DDP-wrapped with several processes, compiled on
+        CUDA (on CPU, where tests run, compiling would cost more than it saves)."""
+        module: torch.nn.Module = self.encoder
+        if self.world_size > 1:
+            module = torch.nn.parallel.DistributedDataParallel(
+                module,
+                device_ids=[self.device.index],
+                broadcast_buffers=False,
+                gradient_as_bucket_view=True,
+            )
+        if self.device.type == "cuda":
+            return torch.compile(module)  # type: ignore[return-value]
+        return module
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to continue training from the current step."""
+        return {
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "samples": self.samples,
+            "trainable": {name: p.detach().cpu() for name, p in self.parameters.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(self.device)
+            if self.device.type == "cuda"
+            else None,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        trainable = state["trainable"]
+        if trainable.keys() != self.parameters.keys():
+            raise TrainingError("resumable state does not match the model's trainable parameters")
+        with torch.no_grad():
+            for name, parameter in self.parameters.items():
+                parameter.copy_(trainable[name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if state["rng_cuda"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), self.device)
+        self.step = self.resumed_from_step = int(state["step"])
+        self.train_seconds = float(state["train_seconds"])
+        self.samples = int(state["samples"])
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _backward(self, batch: Batch) -> torch.Tensor:
+        cache = self.config.gradient_cache
+        max_length = self.config.hyperparameters.max_seq_length
+        if cache.enabled:
+            return cached_forward_backward(
+                self.encode,
+                batch,
+                self.loss_fn,
+                self.amp_dtype,
+                self.scaler,
+                max_length,
+                cache.mini_batch_size,
+            )
+        return forward_backward(
+            self.encode, batch, self.loss_fn, self.amp_dtype, self.scaler, max_length
+        )
+
+    def run(self) -> TrainOutcome:
+        hyper = self.config.hyperparameters
+        total = self.total_steps
+        self.encoder.train()
+        loss_sum = torch.zeros((), device=self.device)
+        window_steps = window_samples = window_tokens = 0
+        window_seconds = 0.0
+        window_start = time.perf_counter()
+        while self.step < total:
+            indices = self.schedule.indices(self.step)
+            batch = self.data.collate(indices, self.rank, self.world_size).to(self.device)
+            loss_sum += self._backward(batch)
+            if self.scaler.is_enabled():
+                self.scaler.unscale_(self.optimizer)
+            if hyper.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.parameters.values(), hyper.max_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            window_steps += 1
+            window_samples += batch.global_examples
+            # this process's real tokens times the process count: exact on one GPU
+            window_tokens += batch.texts.tokens * self.world_size
+            done = self.step
+            log_now = done % hyper.log_every_steps == 0 or done == total
+            eval_now = hyper.eval_every_steps is not None and done % hyper.eval_every_steps == 0
+            save_now = (
+                self.save_state is not None
+                and hyper.checkpoint_every_steps is not None
+                and done % hyper.checkpoint_every_steps == 0
+                and done < total
+            )
+            if not (log_now or (eval_now and done < total) or save_now):
+                continue
+            self._synchronize()
+            window_seconds += time.perf_counter() - window_start
+            if log_now:
+                mean_loss = (loss_sum / window_steps).item()
+                if not math.isfinite(mean_loss):
+                    raise TrainingError(
+                        f"loss is {mean_loss} at step {done}; lower the learning rate or use "
+                        "bf16/fp32 precision"
+                    )
+                self.train_seconds += window_seconds
+                self.samples += window_samples
+                rate = window_samples / max(window_seconds, 1e-9)
+                self.observer.on_log(
+                    LogPoint(
+                        step=done,
+                        total_steps=total,
+                        epoch=done / self.schedule.steps_per_epoch,
+                        loss=mean_loss,
+                        learning_rate=self.scheduler.get_last_lr()[0],
+                        samples_per_second=rate,
+                        tokens_per_second=window_tokens / max(window_seconds, 1e-9),
+                        eta_seconds=(total - done) * window_seconds / window_steps,
+                    )
+                )
+                loss_sum.zero_()
+                window_steps = window_samples = window_tokens = 0
+                window_seconds = 0.0
+            if eval_now and done < total and self.evaluate is not None:
+                self.observer.on_eval(done, self.evaluate())
+                self.encoder.train()
+            if save_now and self.save_state is not None:
+                self.save_state(self.state())
+            window_start = time.perf_counter()
+        return TrainOutcome(
+            steps=self.step,
+            epochs=self.step / self.schedule.steps_per_epoch,
+            samples_per_second=self.samples / max(self.train_seconds, 1e-9),
+            train_seconds=self.train_seconds,
+            resumed_from_step=self.resumed_from_step,
+        )
