@@ -227,6 +227,10 @@ def demo_up(state_dir: Path, timeout: float) -> int:
     )
     print()
     print(f"MLflow UI:   {info.mlflow_uri}/#/experiments/{experiment or ''}")
+    print(
+        f"Chart:       run {name}-summary in that experiment, artifact trials.png "
+        f"({status['trialsSummary']} trials' ndcg@10 over steps, the promoted one bold)"
+    )
     print(f"Environment: source {info.env_file}   (KUBECONFIG, S3 keys, MLFLOW_TRACKING_URI)")
     print(
         f"Inspect:     kubectl get ftt,tm -n {NAMESPACE}; "

@@ -105,6 +105,12 @@ def _check_uri(uri: str) -> str:
     return uri
 
 
+def mlflow_eval_metric(metric: str) -> str:
+    """The MLflow key of an evaluation metric: MLflow rejects '@', so `ndcg@10` is logged
+    as `eval/ndcg_at_10` (the operator reads these back to chart a task's trials)."""
+    return "eval/" + metric.replace("@", "_at_")
+
+
 def sibling_uri(uri: str, name: str) -> str:
     """`name` in the same directory (or S3 prefix) as the directory `uri`.
 
@@ -377,8 +383,19 @@ class TrialConfig(_Model):
         return self.mlflow.experiment or f"{self.trial.namespace}/{self.trial.task}"
 
 
+class Evaluation(_Model):
+    """The metrics of one evaluation during or at the end of training."""
+
+    step: int = Field(ge=0)
+    metrics: dict[str, float]
+
+
 class TrialProgress(_Model):
-    """The small status document the trainer keeps at `output.progress_uri` while it runs."""
+    """The small status document the trainer keeps at `output.progress_uri` while it runs.
+
+    The operator reads `evaluations` of running trials to stop hopeless ones early, so the
+    trainer rewrites the document after every evaluation.
+    """
 
     schema_version: Literal[1] = SCHEMA_VERSION
     trial: NonEmptyStr
@@ -392,6 +409,9 @@ class TrialProgress(_Model):
     learning_rate: float | None = None
     baseline_metrics: dict[str, float] = {}
     metrics: dict[str, float] = Field(default={}, description="The latest evaluation.")
+    evaluations: list[Evaluation] = Field(
+        default=[], description="Every evaluation so far, in step order, the final one included."
+    )
     updated_at: NonEmptyStr = Field(description="UTC time, ISO 8601.")
 
 

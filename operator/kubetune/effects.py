@@ -38,6 +38,11 @@ class EffectError(RuntimeError):
     """An action could not be carried out; the message says what and why."""
 
 
+class StaleReadError(EffectError):
+    """A conditional write lost a race with another writer: read again and redecide.
+    Normal under concurrency, so it is neither a condition nor a Warning Event."""
+
+
 @dataclass
 class Effects:
     kube: Kube
@@ -135,7 +140,7 @@ class Effects:
         try:
             self.kube.patch_status(TUNED_MODEL.plural, namespace, action.model, patch, version)
         except ConflictError as error:
-            raise EffectError(str(error)) from error
+            raise StaleReadError(str(error)) from error
 
     def read_json(self, namespace: str, resolved: ResolvedStorage, uri: str) -> Any | None:
         folder, name = posixpath.split(uri)

@@ -19,10 +19,11 @@ from pydantic import ValidationError
 
 from kubetune.api import FINE_TUNING_TASK, TUNED_MODEL, FineTuningTaskStatus
 from kubetune.api import conditions as c
-from kubetune.clients.kube import Kube
+from kubetune.charts import trial_metric_chart
+from kubetune.clients.kube import ConflictError, Kube
 from kubetune.clients.tracking import Tracking, TrackingError
 from kubetune.config import OperatorConfig
-from kubetune.contract import TrialResult
+from kubetune.contract import TrialResult, mlflow_eval_metric
 from kubetune.decide import (
     CreateJob,
     Event,
@@ -38,7 +39,7 @@ from kubetune.decide import (
     observe_job,
     results_to_read,
 )
-from kubetune.effects import EffectError, Effects
+from kubetune.effects import EffectError, Effects, StaleReadError
 from kubetune.locations import resolve_storage
 from kubetune.manifests import LABEL_TASK
 from kubetune.metrics import METRICS
@@ -122,6 +123,8 @@ class Reconciler:
                     if storage is not None:
                         self.effects.preflight(namespace, storage)
                 self.effects.apply(namespace, action)
+            except StaleReadError:
+                return 0
             except EffectError as error:
                 METRICS.reconcile_errors.labels(FINE_TUNING_TASK.kind).inc()
                 status = action_failed(task, action, str(error), now)
@@ -134,7 +137,37 @@ class Reconciler:
         self._write_task_status(body, task.status, status)
         self._emit(body, events)
         self._count(task.status, status, now)
+        if status.phase == "Succeeded" and task.status.phase != "Succeeded":
+            self._record_chart(task, status)
         return decision.requeue_after
+
+    def _record_chart(self, task: TaskObject, status: FineTuningTaskStatus) -> None:
+        """Best effort: the chart helps people, the task's outcome does not depend on it."""
+        tracking_uri = self.config.defaults.mlflow_tracking_uri
+        experiment = status.mlflow.experiment_id if status.mlflow else None
+        if not tracking_uri or not experiment:
+            return
+        metric = task.spec.objective.metric
+        try:
+            tracking = Tracking(tracking_uri)
+            histories = {
+                t.name: tracking.metric_history(t.mlflow_run_id, mlflow_eval_metric(metric))
+                for t in status.trials
+                if t.mlflow_run_id
+            }
+            winner = status.best_trial.name if status.best_trial else None
+            title = f"{task.namespace}/{task.name}: {metric} per trial"
+            png = trial_metric_chart(title, metric, histories, winner)
+            tracking.log_summary(
+                experiment,
+                f"{task.name}-summary",
+                {LABEL_TASK: task.name, "kubetune.dev/kind": "summary"},
+                {"trials.png": png},
+            )
+        except (TrackingError, OSError) as error:
+            log.warning(
+                "%s/%s: recording the trial chart failed: %s", task.namespace, task.name, error
+            )
 
     def _observe_jobs(self, task: TaskObject, model: ModelObject | None) -> list[ObservedJob]:
         jobs = self.kube.task_jobs(task.namespace, task.name)
@@ -262,9 +295,12 @@ class Reconciler:
             return 30.0
         patch = merge_patch(model.status.to_json(), decision.status.to_json())
         if patch:
-            self.kube.patch_status(
-                TUNED_MODEL.plural, namespace, name, patch, body["metadata"]["resourceVersion"]
-            )
+            try:
+                self.kube.patch_status(
+                    TUNED_MODEL.plural, namespace, name, patch, body["metadata"]["resourceVersion"]
+                )
+            except ConflictError:
+                return 0.1  # a task updated the lineage meanwhile: decide again on fresh reads
         self._emit(body, list(decision.events))
         return None
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import torch
 from kubernetes import client
+from mlflow.tracking import MlflowClient
 from sentence_transformers import SentenceTransformer
 
+from devcluster.state import ClusterInfo
 from kubetune.clients.s3 import S3Location
 from kubetune_trainer.evaluation import TOP_K, RetrievalSet, ranking_metrics, search
 from tests.conftest import Kubectl
@@ -61,6 +63,7 @@ def test_two_iterations_promote_verify_and_supersede(
     batch: client.BatchV1Api,
     s3,  # type: ignore[no-untyped-def]
     tmp_path: Path,
+    devcluster: ClusterInfo,
 ) -> None:
     apply(
         kubectl,
@@ -68,9 +71,17 @@ def test_two_iterations_promote_verify_and_supersede(
         tuned_model("minilm", e2e_data.base_model, retention=1),
         fine_tuning_task("first", "minilm", e2e_data, [2e-5, 1e-4, 3e-4]),
     )
-    task = wait_phase(kubectl, tenant, "first", {"Succeeded", "Failed"})
+    kubectl("wait", "-n", tenant, "--for=condition=Succeeded", "ftt/first", "--timeout=600s")
+    task = get(kubectl, tenant, "finetuningtask", "first")
     status = task["status"]
     assert status["phase"] == "Succeeded", status
+    selected = kubectl(
+        "get", "-n", tenant, "ftt", "--field-selector", "status.phase=Succeeded", "-o", "name"
+    ).stdout.split()
+    assert selected == ["finetuningtask.kubetune.dev/first"]
+    columns = kubectl("get", "-n", tenant, "ftt", "first").stdout.splitlines()
+    assert columns[0].split() == ["NAME", "PHASE", "MODEL", "TRIALS", "BEST", "AGE"]
+    assert columns[1].split()[:4] == ["first", "Succeeded", "minilm", "3/3"]
     trials = status["trials"]
     assert [t["phase"] for t in trials] == ["Succeeded"] * 3
     assert all(isinstance(t["metric"], float) and t["baseline"] > 0 for t in trials)
@@ -98,6 +109,14 @@ def test_two_iterations_promote_verify_and_supersede(
     assert manifest["sourceTask"] == "first" or manifest.get("source_task") == "first"
     assert _keys(s3, status["scratchUri"]) == []
     assert [j.metadata.name for j in batch.list_namespaced_job(tenant).items] == [best["name"]]
+
+    # The task's MLflow experiment holds one run per trial and a summary run with the chart.
+    tracking = MlflowClient(devcluster.mlflow_uri)
+    runs = tracking.search_runs([status["mlflow"]["experimentId"]])
+    names = {r.info.run_name for r in runs}
+    assert {t["name"] for t in trials} | {"first-summary"} == names
+    summary = next(r for r in runs if r.info.run_name == "first-summary")
+    assert [a.path for a in tracking.list_artifacts(summary.info.run_id)] == ["trials.png"]
 
     # The checkpoint loads with sentence-transformers and reproduces the trial's metric.
     result_max_length = 256

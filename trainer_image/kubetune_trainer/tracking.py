@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from kubetune.contract import TrialConfig, TrialProgress, TrialResult
+from kubetune.contract import Evaluation, TrialConfig, TrialProgress, TrialResult, mlflow_eval_metric
 from kubetune_trainer.errors import StorageError
 from kubetune_trainer.storage import Storage
 
@@ -192,7 +192,8 @@ class ProgressObserver(Observer):
         self._write(**changes)
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
-        self._write(step=step, metrics=metrics)
+        evaluations = [*self._progress.evaluations, Evaluation(step=step, metrics=metrics)]
+        self._write(step=step, metrics=metrics, evaluations=evaluations)
 
     def on_result(self, result: TrialResult) -> None:
         self._write(phase="done", step=result.steps, metrics=result.metrics, eta_seconds=0.0)
@@ -276,7 +277,7 @@ class MlflowObserver(Observer):
 
     def on_baseline(self, metrics: dict[str, float]) -> None:
         values = {f"baseline/{_mlflow_name(k)}": v for k, v in metrics.items()}
-        values |= {f"eval/{_mlflow_name(k)}": v for k, v in metrics.items()}
+        values |= {mlflow_eval_metric(k): v for k, v in metrics.items()}
         self._call(lambda: self.mlflow.log_metrics(values, step=0))
 
     def on_log(self, point: LogPoint) -> None:
@@ -290,7 +291,7 @@ class MlflowObserver(Observer):
         self._call(lambda: self.mlflow.log_metrics(values, step=point.step))
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
-        values = {f"eval/{_mlflow_name(k)}": v for k, v in metrics.items()}
+        values = {mlflow_eval_metric(k): v for k, v in metrics.items()}
         self._call(lambda: self.mlflow.log_metrics(values, step=step))
 
     def on_result(self, result: TrialResult) -> None:

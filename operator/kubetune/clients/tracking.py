@@ -7,6 +7,9 @@ one). Trainers log into the run whose id they are given.
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -56,6 +59,28 @@ class Tracking:
             self._client.set_terminated(run_id, status=status)
         except MlflowException as error:
             raise TrackingError(f"finishing run {run_id}: {error}") from error
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        try:
+            return [(m.step, m.value) for m in self._client.get_metric_history(run_id, key)]
+        except MlflowException as error:
+            raise TrackingError(f"history of {key} in run {run_id}: {error}") from error
+
+    def log_summary(
+        self, experiment_id: str, run_name: str, tags: dict[str, str], files: dict[str, bytes]
+    ) -> str:
+        """Write `files` as artifacts of the experiment's summary run (created once)."""
+        run_id = self.ensure_run(experiment_id, run_name, tags)
+        try:
+            for name, content in files.items():
+                with tempfile.TemporaryDirectory() as directory:
+                    path = Path(directory) / name
+                    path.write_bytes(content)
+                    self._client.log_artifact(run_id, str(path))
+            self.finish_run(run_id, succeeded=True)
+        except MlflowException as error:
+            raise TrackingError(f"summary of experiment {experiment_id}: {error}") from error
+        return run_id
 
     def experiment_url(self, experiment_id: str) -> str:
         return f"{self.uri.rstrip('/')}/#/experiments/{experiment_id}"
