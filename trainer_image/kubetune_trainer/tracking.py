@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from kubetune.contract import Evaluation, TrialConfig, TrialProgress, TrialResult, mlflow_eval_metric
+from kubetune.contract import (
+    Evaluation,
+    TrialConfig,
+    TrialProgress,
+    TrialResult,
+    mlflow_eval_metric,
+)
 from kubetune_trainer.errors import StorageError
 from kubetune_trainer.storage import Storage
 

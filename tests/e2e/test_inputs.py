@@ -1,0 +1,80 @@
+"""What only the operator can check: a missing TunedModel or credentials Secret becomes a
+condition with a reason, a message and an Event, and the task proceeds once it is fixed."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from kubernetes import client
+
+from devcluster.state import ClusterInfo
+from tests.conftest import Kubectl
+from tests.e2e.conftest import (
+    CREDENTIALS_SECRET,
+    E2eData,
+    OperatorProcess,
+    apply,
+    fine_tuning_task,
+    get,
+    tuned_model,
+    wait_phase,
+)
+from tests.support import wait_for
+
+
+def _inputs_ready(kubectl: Kubectl, namespace: str, name: str) -> dict | None:  # type: ignore[type-arg]
+    status = get(kubectl, namespace, "finetuningtask", name).get("status") or {}
+    return next((c for c in status.get("conditions", []) if c["type"] == "InputsReady"), None)
+
+
+def _warnings(kubectl: Kubectl, namespace: str) -> list[str]:
+    events = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json").stdout)
+    return [f"{e['reason']}: {e['message']}" for e in events["items"] if e["type"] == "Warning"]
+
+
+def test_missing_model_and_secret_are_reported_then_resolved(
+    kubectl: Kubectl,
+    namespace: str,
+    operator: OperatorProcess,
+    e2e_data: E2eData,
+    core: client.CoreV1Api,
+    devcluster: ClusterInfo,
+) -> None:
+    apply(kubectl, namespace, fine_tuning_task("early", "minilm", e2e_data, [1e-4]))
+    condition = wait_for(
+        lambda: (c := _inputs_ready(kubectl, namespace, "early")) and c["status"] == "False" and c,
+        "InputsReady=False",
+    )
+    assert condition["reason"] == "ModelNotFound"
+    assert "minilm" in condition["message"]
+
+    apply(kubectl, namespace, tuned_model("minilm", e2e_data.base_model))
+    condition = wait_for(
+        lambda: (
+            (c := _inputs_ready(kubectl, namespace, "early"))
+            and c["reason"] == "ActionFailed"
+            and c
+        ),
+        "the missing Secret reported",
+        timeout=120,
+    )
+    assert f'Secret "{CREDENTIALS_SECRET}" not found' in condition["message"]
+    assert any(CREDENTIALS_SECRET in w for w in _warnings(kubectl, namespace))
+
+    core.create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {"name": CREDENTIALS_SECRET},
+            "data": {
+                "AWS_ACCESS_KEY_ID": base64.b64encode(devcluster.s3_access_key.encode()).decode(),
+                "AWS_SECRET_ACCESS_KEY": base64.b64encode(
+                    devcluster.s3_secret_key.encode()
+                ).decode(),
+            },
+        },
+    )
+    status = wait_phase(kubectl, namespace, "early", {"Succeeded", "Failed"})["status"]
+    assert status["phase"] == "Succeeded", status
+    ready = next(c for c in status["conditions"] if c["type"] == "InputsReady")
+    assert ready["status"] == "True"
