@@ -45,6 +45,8 @@ class OperatorConfig:
                 storage=storage,
                 trainer_image=env.get("KUBETUNE_TRAINER_IMAGE") or DEFAULT_TRAINER_IMAGE,
                 mlflow_tracking_uri=env.get("KUBETUNE_MLFLOW_TRACKING_URI") or None,
+                trainer_image_pull_policy=env.get("KUBETUNE_TRAINER_IMAGE_PULL_POLICY") or None,
+                trainer_service_account=env.get("KUBETUNE_TRAINER_SERVICE_ACCOUNT") or None,
             ),
             namespaces=namespaces,
             resync_seconds=float(env.get("KUBETUNE_RESYNC_SECONDS", "30")),

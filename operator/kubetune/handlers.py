@@ -15,6 +15,7 @@ from typing import Any
 
 import kopf
 from kubernetes import config as kube_config
+from kubernetes.client.rest import ApiException
 
 from kubetune.api import FINE_TUNING_TASK, GROUP, TUNED_MODEL, VERSION
 from kubetune.clients.kube import Kube
@@ -107,7 +108,7 @@ class Operator:
     def __init__(self, config: OperatorConfig) -> None:
         kube = Kube(_api_client())
         self.config = config
-        self.reconciler = Reconciler(kube, Effects(kube), config, _record_event)
+        self.reconciler = Reconciler(kube, Effects(kube), config, _event_sink(kube))
         self.tasks = WorkQueue(FINE_TUNING_TASK.kind, self.reconciler.task)
         self.models = WorkQueue(TUNED_MODEL.kind, self.reconciler.model)
 
@@ -122,8 +123,17 @@ def _api_client() -> Any:
     return client.ApiClient()
 
 
-def _record_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-    kopf.event(body, type=type_, reason=reason, message=message)
+def _event_sink(kube: Kube) -> Callable[[dict[str, Any], str, str, str], None]:
+    """Events are posted by our own client: reconciles run in worker threads, outside the
+    handler context that `kopf.event` needs. A lost Event must not fail a reconcile."""
+
+    def record(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        try:
+            kube.post_event(body, type_, reason, message)
+        except (ApiException, OSError) as error:  # informational: the status already says it
+            log.warning("Event %s on %s not recorded: %s", reason, body["metadata"]["name"], error)
+
+    return record
 
 
 OPERATOR: Operator | None = None

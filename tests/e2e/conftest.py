@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from devcluster.state import ClusterInfo
+from devcluster.state import ClusterInfo, free_port
 from tests.conftest import Kubectl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,6 +69,7 @@ class OperatorProcess:
 
     def __init__(self, info: ClusterInfo, log_path: Path) -> None:
         self.log_path = log_path
+        self.metrics_port = free_port()
         self.env = {
             **os.environ,
             **info.env(),
@@ -78,6 +80,7 @@ class OperatorProcess:
             "KUBETUNE_MLFLOW_TRACKING_URI": info.mlflow_uri,
             "KUBETUNE_TRAINER_IMAGE": "kubetune-trainer:e2e",
             "KUBETUNE_RESYNC_SECONDS": "10",
+            "KUBETUNE_METRICS_PORT": str(self.metrics_port),
         }
         # The operator must reach S3 only with the credentials Secret it is pointed at.
         for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3"):
@@ -111,6 +114,12 @@ class OperatorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def metrics(self) -> str:
+        """The operator's Prometheus exposition."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
 
 
 @pytest.fixture(scope="session")

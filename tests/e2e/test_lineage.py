@@ -17,6 +17,7 @@ from kubetune_trainer.evaluation import TOP_K, RetrievalSet, ranking_metrics, se
 from tests.conftest import Kubectl
 from tests.e2e.conftest import (
     E2eData,
+    OperatorProcess,
     apply,
     fine_tuning_task,
     get,
@@ -64,6 +65,7 @@ def test_two_iterations_promote_verify_and_supersede(
     s3,  # type: ignore[no-untyped-def]
     tmp_path: Path,
     devcluster: ClusterInfo,
+    operator: OperatorProcess,
 ) -> None:
     apply(
         kubectl,
@@ -109,6 +111,15 @@ def test_two_iterations_promote_verify_and_supersede(
     assert manifest["sourceTask"] == "first" or manifest.get("source_task") == "first"
     assert _keys(s3, status["scratchUri"]) == []
     assert [j.metadata.name for j in batch.list_namespaced_job(tenant).items] == [best["name"]]
+
+    # The operator's Prometheus metrics counted the trials and see the task's phase.
+    metrics = operator.metrics()
+    assert 'kubetune_tasks{phase="Succeeded"}' in metrics
+    started = [
+        line for line in metrics.splitlines() if line.startswith("kubetune_trials_started_total")
+    ]
+    assert started and float(started[0].split()[-1]) >= 3
+    assert "kubetune_reconcile_duration_seconds_count" in metrics
 
     # The task's MLflow experiment holds one run per trial and a summary run with the chart.
     tracking = MlflowClient(devcluster.mlflow_uri)

@@ -159,3 +159,28 @@ def test_no_secret_values_and_no_token_without_service_account():
     pod = job["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     assert "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]
+
+
+def test_operator_defaults_fill_pull_policy_and_trainer_account() -> None:
+    from dataclasses import replace
+
+    from kubetune.decide import CreateJob, decide_task
+    from tests.operator.builders import DEFAULTS, NOW, model, task
+
+    defaults = replace(
+        DEFAULTS, trainer_image_pull_policy="IfNotPresent", trainer_service_account="trainer"
+    )
+    current, lineage = task(), model()
+    for _ in range(5):
+        decision = decide_task(current, lineage, [], defaults, NOW)
+        jobs = [a.manifest for a in decision.actions if isinstance(a, CreateJob)]
+        if jobs:
+            break
+        current = replace(current, status=decision.status)
+        lineage = replace(
+            lineage,
+            status=lineage.status.model_copy(update={"last_iteration": decision.status.iteration}),
+        )
+    pod = jobs[0]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "trainer"
+    assert pod["containers"][0]["imagePullPolicy"] == "IfNotPresent"

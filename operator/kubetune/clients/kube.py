@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
@@ -102,6 +104,37 @@ class Kube:
         except ApiException as error:
             if error.status != 404:
                 raise
+
+    # -- Events ---------------------------------------------------------------------
+    def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event about one of the operator's objects, as `kubectl describe` shows."""
+        meta = body["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        self.core.create_namespaced_event(
+            meta["namespace"],
+            {
+                "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+                "involvedObject": {
+                    "apiVersion": body.get("apiVersion"),
+                    "kind": body.get("kind"),
+                    "name": meta["name"],
+                    "namespace": meta["namespace"],
+                    "uid": meta.get("uid"),
+                    "resourceVersion": meta.get("resourceVersion"),
+                },
+                "type": type_,
+                "reason": reason,
+                "message": message[:1024],
+                "source": {"component": "kubetune"},
+                "reportingComponent": "kubetune.dev/operator",
+                "reportingInstance": os.environ.get("HOSTNAME", "kubetune"),
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "eventTime": now,
+                "action": reason,
+                "count": 1,
+            },
+        )
 
     # -- Secrets --------------------------------------------------------------------
     def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:

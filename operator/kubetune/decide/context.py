@@ -98,7 +98,14 @@ class Reconcile:
             task_uid=self.task.uid,
             model=model.name,
             attempt=status.attempt,
-            trainer=spec.trainer,
+            trainer=spec.trainer.model_copy(
+                update={
+                    "image_pull_policy": spec.trainer.image_pull_policy
+                    or self.defaults.trainer_image_pull_policy,
+                    "service_account_name": spec.trainer.service_account_name
+                    or self.defaults.trainer_service_account,
+                }
+            ),
             image=spec.trainer.image or self.defaults.trainer_image,
             storage=storage,
             tracking_uri=self.defaults.mlflow_tracking_uri,

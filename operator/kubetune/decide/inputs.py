@@ -107,3 +107,6 @@ class Defaults:
     storage: StorageSpec
     trainer_image: str
     mlflow_tracking_uri: str | None = None
+    trainer_image_pull_policy: str | None = None
+    trainer_service_account: str | None = None
+    """The trainer pods' ServiceAccount (the Helm chart's, which has no API rights)."""
