@@ -73,8 +73,8 @@ def test_two_iterations_promote_verify_and_supersede(
         tuned_model("minilm", e2e_data.base_model, retention=1),
         fine_tuning_task("first", "minilm", e2e_data, [2e-5, 1e-4, 3e-4]),
     )
-    kubectl("wait", "-n", tenant, "--for=condition=Succeeded", "ftt/first", "--timeout=600s")
-    task = get(kubectl, tenant, "finetuningtask", "first")
+    task = wait_phase(kubectl, tenant, "first", {"Succeeded", "Failed"})
+    kubectl("wait", "-n", tenant, "--for=condition=Succeeded", "ftt/first", "--timeout=60s")
     status = task["status"]
     assert status["phase"] == "Succeeded", status
     selected = kubectl(
