@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of docs/benchmarks.md, run from the repository root on the GPU machine:
-#   bash bench/gpu_session.sh OUT_DIR STAGE...   (stages: check speed quality ddp ddp2)
+#   bash bench/gpu_session.sh OUT_DIR STAGE...
+#   (stages: check speed quality ddp ddp2 search-random search-tpe search-tpe-prune)
 # Expects .bench/ (minilm/ as a sentence-transformers dir, debian-train.jsonl.gz,
 # debian-test.jsonl) and, where the machine lacks them, wheels in .whl/.
 set -u
@@ -53,6 +54,14 @@ print(torch.__version__, transformers.__version__, st.__version__, torch.cuda.de
         torchrun --nproc-per-node 2 bench/trainer_speed.py --data $data "${models[@]}" \
             --skip-st --no-optimize-ddp --out "$out/ddp-2gpu-one-graph.json" 2>&1 |
             tee "$out/ddp-2gpu-one-graph.log"
+        ;;
+    search-random | search-tpe | search-tpe-prune)
+        args=(--algorithm random)
+        [[ $stage != search-random ]] && args=(--algorithm tpe)
+        [[ $stage == search-tpe-prune ]] && args+=(--prune)
+        python3 bench/search_bench.py --model .bench/minilm --train $data \
+            --test .bench/debian-test.jsonl "${args[@]}" --trials 8 --seed 0 \
+            --work "/tmp/$stage" --out "$out/$stage.json" 2>&1 | tee "$out/$stage.log"
         ;;
     esac
 done

@@ -143,5 +143,9 @@ class Effects:
             raise StaleReadError(str(error)) from error
 
     def read_json(self, namespace: str, resolved: ResolvedStorage, uri: str) -> Any | None:
+        """The JSON document at `uri`; None when there is none."""
         folder, name = posixpath.split(uri)
-        return self.storage(namespace, resolved).get_json(S3Location.parse(folder), name)
+        try:
+            return self.storage(namespace, resolved).get_json(S3Location.parse(folder), name)
+        except StorageError as error:
+            raise EffectError(str(error)) from error

@@ -23,7 +23,7 @@ from kubetune.charts import trial_metric_chart
 from kubetune.clients.kube import ConflictError, Kube
 from kubetune.clients.tracking import Tracking, TrackingError
 from kubetune.config import OperatorConfig
-from kubetune.contract import TrialResult, mlflow_eval_metric
+from kubetune.contract import TrialProgress, TrialResult, mlflow_eval_metric
 from kubetune.decide import (
     CreateJob,
     Event,
@@ -37,10 +37,11 @@ from kubetune.decide import (
     invalid_spec,
     needs_finalizer,
     observe_job,
+    progress_to_read,
     results_to_read,
 )
 from kubetune.effects import EffectError, Effects, StaleReadError
-from kubetune.locations import resolve_storage
+from kubetune.locations import ResolvedStorage, resolve_storage
 from kubetune.manifests import LABEL_TASK
 from kubetune.metrics import METRICS
 from kubetune.patch import merge_patch
@@ -179,7 +180,8 @@ class Reconciler:
                 by_job.setdefault(job_name, []).append(pod)
         observed = [observe_job(j, by_job.get(j["metadata"]["name"], [])) for j in jobs]
         reads = dict(results_to_read(task.status, observed))
-        if not reads or model is None:
+        progress = dict(progress_to_read(task.spec, task.status, observed))
+        if not (reads or progress) or model is None:
             return observed
         storage = resolve_storage(model.spec.storage, self.config.defaults.storage)
         if storage is None:
@@ -187,20 +189,35 @@ class Reconciler:
         completed = []
         for job in observed:
             uri = reads.get(job.name)
-            if uri is None:
-                completed.append(job)
-                continue
-            document = self.effects.read_json(task.namespace, storage, uri)
-            if document is None:
-                completed.append(replace(job, result_error=f"{uri} is missing"))
-                continue
-            try:
-                completed.append(replace(job, result=TrialResult.model_validate(document)))
-            except ValidationError as error:
-                completed.append(
-                    replace(job, result_error=f"{uri} is invalid: {_first_error(error)}")
-                )
+            if uri is not None:
+                job = self._read_result(task.namespace, storage, job, uri)
+            progress_uri = progress.get(job.name)
+            if progress_uri is not None:
+                job = replace(job, progress=self._read_progress(task, storage, progress_uri))
+            completed.append(job)
         return completed
+
+    def _read_result(
+        self, namespace: str, storage: ResolvedStorage, job: ObservedJob, uri: str
+    ) -> ObservedJob:
+        document = self.effects.read_json(namespace, storage, uri)
+        if document is None:
+            return replace(job, result_error=f"{uri} is missing")
+        try:
+            return replace(job, result=TrialResult.model_validate(document))
+        except ValidationError as error:
+            return replace(job, result_error=f"{uri} is invalid: {_first_error(error)}")
+
+    def _read_progress(
+        self, task: TaskObject, storage: ResolvedStorage, uri: str
+    ) -> TrialProgress | None:
+        """Best effort: without progress a trial is just not judged in this reconcile."""
+        try:
+            document = self.effects.read_json(task.namespace, storage, uri)
+            return None if document is None else TrialProgress.model_validate(document)
+        except (EffectError, ValueError) as error:  # ValueError: bad JSON or a bad document
+            log.warning("%s/%s: reading %s failed: %s", task.namespace, task.name, uri, error)
+            return None
 
     def _experiment(self, task: TaskObject) -> str | None:
         """Create the attempt's MLflow experiment once its name is known."""
@@ -230,7 +247,7 @@ class Reconciler:
         before = {t.name: t.phase for t in old.trials}
         for trial in new.trials:
             if (
-                trial.phase in ("Succeeded", "Failed", "Canceled")
+                trial.phase in ("Succeeded", "Failed", "Canceled", "Pruned")
                 and before.get(trial.name) != trial.phase
             ):
                 METRICS.trials_finished.labels(trial.phase.lower()).inc()

@@ -24,6 +24,7 @@ from tests.helm.conftest import (
     service_account_kubeconfig,
     values_args,
 )
+from tests.support import wait_for
 
 CRDS = ("tunedmodels.kubetune.dev", "finetuningtasks.kubetune.dev")
 SERVICE_MONITOR_CRD = {
@@ -54,10 +55,24 @@ SERVICE_MONITOR_CRD = {
 
 @pytest.fixture
 def service_monitor_crd(kubectl: Kubectl) -> Iterator[None]:
+    name = "crd/servicemonitors.monitoring.coreos.com"
     kubectl("apply", "-f", "-", input=json.dumps(SERVICE_MONITOR_CRD))
-    kubectl("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com")
+    # Polled: right after a create, `kubectl wait` can still answer NotFound.
+    wait_for(
+        lambda: (
+            kubectl(
+                "get",
+                name,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+                check=False,
+            ).stdout
+            == "True"
+        ),
+        "the ServiceMonitor CRD established",
+    )
     yield
-    kubectl("delete", "crd", "servicemonitors.monitoring.coreos.com", "--wait=false")
+    kubectl("delete", name)
 
 
 def _mode_values(mode: str, namespace: str) -> dict[str, Any]:

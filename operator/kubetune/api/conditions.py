@@ -51,6 +51,10 @@ REASON_MAX_FAILED_TRIALS = "MaxFailedTrialsReached"
 REASON_NO_SUCCESSFUL_TRIAL = "NoSuccessfulTrial"
 REASON_RESTARTED = "Restarted"
 REASON_NO_ITERATION = "NoPromotedIteration"
+REASON_GOAL_REACHED = "GoalReached"
+"""A trial reached `objective.goal`: no further trials start."""
+REASON_EARLY_STOPPED = "EarlyStopped"
+"""A trial's intermediate metric was worse than the median of the completed trials'."""
 
 
 def get_condition(conditions: list[Condition], type_: str) -> Condition | None:

@@ -339,6 +339,64 @@ class SearchParameter(ApiModel):
     categorical: Categorical | None = Field(default=None, description="Values from a list.")
 
 
+MAX_WARM_START = 10
+"""Parameter sets a promoted iteration keeps for the next iteration's warm start."""
+
+
+class TpeSettings(ApiModel):
+    """Settings of the Tree-structured Parzen Estimator (Optuna's `TPESampler`)."""
+
+    multivariate: bool = Field(
+        default=False,
+        description="Model the parameters jointly instead of one at a time; better when "
+        "they interact (e.g. learning rate and batch size).",
+    )
+    startup_trials: int = Field(
+        default=4,
+        ge=1,
+        le=MAX_TRIALS,
+        description="Finished trials (warm-start ones included) before TPE models the "
+        "results; until then suggestions are seeded random draws.",
+    )
+
+
+class WarmStartSpec(ApiModel):
+    """Re-run the lineage's last promoted iteration's best parameter sets first."""
+
+    top_k: int = Field(
+        default=3,
+        ge=0,
+        le=MAX_WARM_START,
+        description="How many of the previous iteration's best parameter sets the first "
+        "trials re-run (0: none). Sets that do not fit the current search space are skipped.",
+    )
+
+
+class EarlyStoppingSpec(ApiModel):
+    """Median stopping with Optuna's `MedianPruner` semantics: a running trial is stopped
+    when its best intermediate value so far is worse than the median of the completed
+    trials' values at the same evaluation step."""
+
+    warmup_steps: int = Field(
+        default=0,
+        ge=0,
+        description="Training steps before which no trial is stopped (`n_warmup_steps`).",
+    )
+    startup_trials: int = Field(
+        default=3,
+        ge=1,
+        le=MAX_TRIALS,
+        description="Completed trials needed before any trial is stopped (`n_startup_trials`).",
+    )
+    min_trials: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_TRIALS,
+        description="Completed trials that must have reported at a step to compare at it "
+        "(`n_min_trials`).",
+    )
+
+
 class HyperparameterSpec(ApiModel):
     """Fixed training settings, the search space and how it is searched."""
 
@@ -351,6 +409,18 @@ class HyperparameterSpec(ApiModel):
         _cel(
             "has(self.maxTrials) || !has(self.algorithm) || self.algorithm != 'random'",
             "random search needs maxTrials",
+        ),
+        _cel(
+            "has(self.maxTrials) || !has(self.algorithm) || self.algorithm != 'tpe'",
+            "tpe search needs maxTrials",
+        ),
+        _cel(
+            "!has(self.tpe) || (has(self.algorithm) && self.algorithm == 'tpe')",
+            "tpe settings apply only to algorithm 'tpe'",
+        ),
+        _cel(
+            "!has(self.earlyStopping) || (has(self.fixed) && has(self.fixed.evalEverySteps))",
+            "earlyStopping needs fixed.evalEverySteps: trials are compared at their evaluations",
         ),
     )
 
@@ -370,10 +440,22 @@ class HyperparameterSpec(ApiModel):
         default_factory=list,
         description="Searched parameters, one entry per name. Empty: a single trial.",
     )
-    algorithm: Literal["grid", "random"] = Field(
+    algorithm: Literal["grid", "random", "tpe"] = Field(
         default="grid",
         description="`grid`: every combination in order (floats at `gridPoints` points); "
-        "`random`: seeded random draws.",
+        "`random`: seeded random draws; `tpe`: Bayesian optimization with Optuna's TPE, "
+        "learning from the trials so far.",
+    )
+    tpe: TpeSettings | None = Field(default=None, description="TPE settings.")
+    warm_start: WarmStartSpec = Field(
+        default_factory=WarmStartSpec,
+        description="For `random` and `tpe`: start from the previous iteration's best "
+        "parameter sets (grid search runs every point anyway).",
+    )
+    early_stopping: EarlyStoppingSpec | None = Field(
+        default=None,
+        description="Stop trials whose intermediate evaluations cannot win; they end "
+        "`Pruned` and free their resources for the next trial.",
     )
     max_trials: int | None = Field(
         default=None,
@@ -395,7 +477,8 @@ class HyperparameterSpec(ApiModel):
         default=None,
         ge=0,
         le=2**31 - 1,
-        description="Seeds the search and training; the same spec gives the same trials.",
+        description="Seeds the search and training; the same spec and the same trial "
+        "results give the same trials.",
     )
 
 

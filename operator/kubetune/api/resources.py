@@ -60,7 +60,7 @@ TUNED_MODEL = Resource(
         PrinterColumn("Metric", "string", ".status.currentIteration.metric", "Objective metric."),
         PrinterColumn("Value", "number", ".status.currentIteration.value", "Its value."),
         PrinterColumn("Ready", "string", '.status.conditions[?(@.type=="Ready")].status', "Ready."),
-        PrinterColumn("URI", "string", ".status.currentIteration.uri", "Current model.", 1),
+        PrinterColumn("URI", "string", ".status.currentIteration.uri", "Current model."),
         AGE,
     ),
 )

@@ -21,10 +21,28 @@ from kubetune.api.base import (
     Uri,
 )
 from kubetune.api.conditions import Phase
-from kubetune.api.finetuningtask import MAX_TRIALS
+from kubetune.api.finetuningtask import MAX_TRIALS, MAX_WARM_START
 from kubetune.contract import Metric
 
-TrialPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Canceled"]
+TrialPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Canceled", "Pruned"]
+SuggestionOrigin = Literal["grid", "random", "tpe", "warm-start"]
+MAX_EVALUATIONS = 100
+"""Intermediate evaluations kept per trial (the latest ones)."""
+
+
+class StepValue(ApiModel):
+    """The objective metric at one evaluation step of a trial."""
+
+    step: int = Field(ge=0, description="The training step.")
+    value: float = Field(description="The objective metric's value.")
+
+
+class PrunedAt(ApiModel):
+    """Where early stopping stopped a trial."""
+
+    step: int = Field(ge=0, description="The evaluation step it was stopped at.")
+    value: float = Field(description="Its objective metric at that step.")
+    median: float = Field(description="The completed trials' median at that step.")
 
 
 class TrialStatus(ApiModel):
@@ -35,9 +53,16 @@ class TrialStatus(ApiModel):
     parameters: ParamMap = Field(
         default_factory=dict, description="The searched hyperparameters of this trial."
     )
-    phase: TrialPhase = Field(description="Pending, Running, Succeeded, Failed or Canceled.")
+    origin: SuggestionOrigin | None = Field(
+        default=None,
+        description="Where the parameters came from: `grid`, `random` (also TPE's startup "
+        "draws), `tpe`, or `warm-start` (a previous iteration's best set).",
+    )
+    phase: TrialPhase = Field(
+        description="Pending, Running, Succeeded, Failed, Canceled or Pruned (stopped early)."
+    )
     reason: ShortText | None = Field(
-        default=None, description="Why it failed or was canceled, in CamelCase."
+        default=None, description="Why it failed, was canceled or pruned, in CamelCase."
     )
     message: Message | None = Field(
         default=None, description="The trainer's termination message, on failure."
@@ -49,6 +74,14 @@ class TrialStatus(ApiModel):
     )
     metrics: Annotated[dict[ShortText, float], Field(max_length=32)] | None = Field(
         default=None, description="All evaluation metrics after training."
+    )
+    evaluations: Annotated[list[StepValue], Field(max_length=MAX_EVALUATIONS)] | None = Field(
+        default=None,
+        description="The objective metric at each intermediate evaluation (with "
+        "`earlyStopping`), read from the trainer's progress file.",
+    )
+    pruned: PrunedAt | None = Field(
+        default=None, description="For a pruned trial: the step and value it was stopped at."
     )
     checkpoint_uri: Uri = Field(description="Where the trial writes its checkpoint.")
     mlflow_run_id: ShortText | None = Field(default=None, description="The MLflow run.")
@@ -65,6 +98,7 @@ class TrialCounts(ApiModel):
     succeeded: int = Field(default=0, ge=0, description="Trials that succeeded.")
     failed: int = Field(default=0, ge=0, description="Trials that failed.")
     canceled: int = Field(default=0, ge=0, description="Trials stopped by the operator.")
+    pruned: int = Field(default=0, ge=0, description="Trials stopped early as hopeless.")
     done: int = Field(default=0, ge=0, description="Trials that ended, for any reason.")
 
 
@@ -112,6 +146,15 @@ class MlflowStatus(ApiModel):
     experiment_id: ShortText | None = Field(default=None, description="Its id.")
 
 
+class WarmStartStatus(ApiModel):
+    """The parameter sets the attempt re-runs first, fixed when it starts."""
+
+    iteration: int = Field(ge=1, description="The promoted iteration they come from.")
+    parameters: Annotated[list[ParamMap], Field(max_length=MAX_WARM_START)] = Field(
+        default_factory=list, description="The sets, best first; trial i runs set i."
+    )
+
+
 class FineTuningTaskStatus(ApiModel):
     """What the task has done so far; everything the operator needs to resume."""
 
@@ -138,6 +181,9 @@ class FineTuningTaskStatus(ApiModel):
     )
     scratch_uri: Uri | None = Field(
         default=None, description="Prefix of the trials' checkpoints, deleted at the end."
+    )
+    warm_start: WarmStartStatus | None = Field(
+        default=None, description="The previous iteration's sets the first trials re-run."
     )
     trials: Annotated[list[TrialStatus], Field(max_length=MAX_TRIALS)] = Field(
         default_factory=list, description="One entry per trial started."

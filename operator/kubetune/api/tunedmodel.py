@@ -22,6 +22,7 @@ from kubetune.api.base import (
     SecretKey,
     Uri,
 )
+from kubetune.api.finetuningtask import MAX_WARM_START
 from kubetune.contract import Metric
 
 MAX_RETENTION = 10
@@ -98,6 +99,13 @@ class TunedModelSpec(ApiModel):
     )
 
 
+class RankedTrial(ApiModel):
+    """One of an iteration's best trials: what the next iteration's warm start re-runs."""
+
+    parameters: ParamMap = Field(default_factory=dict, description="Its searched parameters.")
+    value: float = Field(description="Its objective metric's value.")
+
+
 class PromotedIteration(ApiModel):
     """One promoted iteration of the lineage."""
 
@@ -107,6 +115,11 @@ class PromotedIteration(ApiModel):
     value: float = Field(description="The objective metric's value on the evaluation data.")
     parameters: ParamMap = Field(
         default_factory=dict, description="The searched hyperparameters of the winning trial."
+    )
+    top_trials: Annotated[list[RankedTrial], Field(max_length=MAX_WARM_START)] = Field(
+        default_factory=list,
+        description="The iteration's best succeeded trials, best first, distinct parameter "
+        "sets; the next iteration's warm start re-runs the first `warmStart.topK`.",
     )
     source_task: DnsLabel = Field(description="The FineTuningTask that produced it.")
     source_trial: DnsLabel = Field(description="The winning trial (its Job's name).")

@@ -37,7 +37,8 @@ def recount(status: FineTuningTaskStatus) -> None:
     counts.succeeded = phases.count("Succeeded")
     counts.failed = phases.count("Failed")
     counts.canceled = phases.count("Canceled")
-    counts.done = counts.succeeded + counts.failed + counts.canceled
+    counts.pruned = phases.count("Pruned")
+    counts.done = counts.succeeded + counts.failed + counts.canceled + counts.pruned
     status.trials_summary = f"{counts.done}/{counts.total}"
 
 

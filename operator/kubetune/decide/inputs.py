@@ -17,7 +17,7 @@ from kubetune.api import (
     TunedModelSpec,
     TunedModelStatus,
 )
-from kubetune.contract import TrialResult
+from kubetune.contract import TrialProgress, TrialResult
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,9 @@ class ObservedJob:
 
     For a Succeeded Job the handler reads the trial's `result.json` (`decide.results_to_read`
     says which) and passes it as `result`, or passes `result_error` when it is missing or
-    invalid; a transient read failure should abort the reconcile instead.
+    invalid; a transient read failure should abort the reconcile instead. With early
+    stopping, it also reads the progress file of running trials (`decide.progress_to_read`)
+    into `progress`, leaving it None when there is none yet or it cannot be read.
     """
 
     name: str
@@ -94,6 +96,7 @@ class ObservedJob:
     deleting: bool = False
     result: TrialResult | None = None
     result_error: str | None = None
+    progress: TrialProgress | None = None
 
     @property
     def active(self) -> bool:

@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from kubetune.api import FineTuningTaskStatus
-from kubetune.contract import RESULT_FILENAME, sibling_uri
+from kubetune.api import FineTuningTaskSpec, FineTuningTaskStatus
+from kubetune.contract import PROGRESS_FILENAME, RESULT_FILENAME, sibling_uri
 from kubetune.decide.inputs import JobPhase, ObservedJob
 from kubetune.manifests import CONTAINER, LABEL_ATTEMPT, LABEL_TRIAL
 
@@ -87,4 +87,20 @@ def results_to_read(
         (job.name, sibling_uri(unfinished[job.name].checkpoint_uri, RESULT_FILENAME))
         for job in jobs
         if job.phase == "Succeeded" and job.name in unfinished
+    ]
+
+
+def progress_to_read(
+    spec: FineTuningTaskSpec, status: FineTuningTaskStatus, jobs: Sequence[ObservedJob]
+) -> list[tuple[str, str]]:
+    """(Job name, progress.json URI) of the unfinished trials whose Job runs or just
+    succeeded, when the task stops trials early: the handler passes what it reads as
+    `ObservedJob.progress` (for a finished trial, its last evaluations)."""
+    if spec.hyperparameters.early_stopping is None:
+        return []
+    unfinished = {t.name: t for t in status.trials if t.phase in ("Pending", "Running")}
+    return [
+        (job.name, sibling_uri(unfinished[job.name].checkpoint_uri, PROGRESS_FILENAME))
+        for job in jobs
+        if job.phase in ("Running", "Succeeded") and job.name in unfinished and not job.deleting
     ]

@@ -25,6 +25,7 @@ from kubetune.decide.actions import (
 )
 from kubetune.decide.context import Reconcile
 from kubetune.decide.lineage import retention_actions
+from kubetune.decide.warmstart import top_trials
 from kubetune.locations import iteration_uri, lineage_root, manifest_uri, model_uri
 
 MAX_VERIFY_FAILURES = 3
@@ -137,6 +138,7 @@ def _point_lineage(r: Reconcile, winner: TrialStatus) -> None:
         metric=r.task.spec.objective.metric,
         value=winner.metric,
         parameters=winner.parameters,
+        top_trials=top_trials(status.trials, r.task.spec.objective),
         source_task=r.task.name,
         source_trial=winner.name,
         promoted_at=r.now,

@@ -3,8 +3,12 @@
 A sampler maps a trial index (and, for samplers that learn, the trials so far) to one
 parameter set. Grid and random search depend on the index and the seed only, so the same
 spec always yields the same trials and a restarted operator re-derives exactly the trials
-it had planned. A learning sampler (TPE) can implement the same protocol by rebuilding its
-state from `trials`.
+it had planned. TPE (`study.TpeSampler`) learns: it rebuilds an Optuna study from `trials`
+on every call, so its suggestions depend on the spec and the recorded results only.
+
+Grid and random stay plain enumerations rather than Optuna's samplers: the grid's documented
+order (first parameter slowest) and random search's walk without repetition over small
+discrete spaces are properties users rely on, and neither needs a model of the results.
 """
 
 from __future__ import annotations
@@ -14,8 +18,15 @@ import random
 from collections.abc import Sequence
 from typing import Protocol
 
-from kubetune.api import HyperparameterSpec, ParamValue, SearchParameter, TrialStatus
-from kubetune.api.finetuningtask import MAX_TRIALS
+from kubetune.api import (
+    HyperparameterSpec,
+    ParamValue,
+    SearchParameter,
+    SuggestionOrigin,
+    TrialStatus,
+)
+from kubetune.api.finetuningtask import MAX_TRIALS, TpeSettings
+from kubetune.decide.study import Direction, TpeSampler, round_value
 
 Parameters = dict[str, ParamValue]
 _RANDOM_PERMUTATION_LIMIT = 10_000
@@ -27,14 +38,13 @@ class Sampler(Protocol):
         """How many distinct parameter sets it can produce; None: unbounded."""
         ...
 
+    def origin(self, trials: Sequence[TrialStatus]) -> SuggestionOrigin:
+        """How the next suggestion is made, for the trial's status."""
+        ...
+
     def suggest(self, index: int, trials: Sequence[TrialStatus]) -> Parameters:
         """The parameters of trial `index`, given the trials recorded so far."""
         ...
-
-
-def _round(value: float) -> float:
-    """Six significant digits: readable in status, identical on every platform."""
-    return float(f"{value:.6g}")
 
 
 def _grid_values(parameter: SearchParameter) -> list[ParamValue]:
@@ -48,8 +58,8 @@ def _grid_values(parameter: SearchParameter) -> list[ParamValue]:
     n = f.grid_points
     if f.log:
         low, high = math.log(f.min), math.log(f.max)
-        return [_round(math.exp(low + (high - low) * i / (n - 1))) for i in range(n)]
-    return [_round(f.min + (f.max - f.min) * i / (n - 1)) for i in range(n)]
+        return [round_value(math.exp(low + (high - low) * i / (n - 1))) for i in range(n)]
+    return [round_value(f.min + (f.max - f.min) * i / (n - 1)) for i in range(n)]
 
 
 def _grid_size(space: Sequence[SearchParameter]) -> int:
@@ -65,6 +75,9 @@ class GridSampler:
 
     def size(self) -> int:
         return math.prod(len(v) for v in self._values)
+
+    def origin(self, trials: Sequence[TrialStatus]) -> SuggestionOrigin:
+        return "grid"
 
     def suggest(self, index: int, trials: Sequence[TrialStatus]) -> Parameters:
         chosen: Parameters = {}
@@ -89,6 +102,9 @@ class RandomSampler:
     def size(self) -> int | None:
         return self._size
 
+    def origin(self, trials: Sequence[TrialStatus]) -> SuggestionOrigin:
+        return "random"
+
     def suggest(self, index: int, trials: Sequence[TrialStatus]) -> Parameters:
         if self._grid is not None and self._size is not None:
             order = list(range(self._size))
@@ -107,13 +123,25 @@ def _draw(parameter: SearchParameter, rng: random.Random) -> ParamValue:
     assert parameter.float_range is not None
     f = parameter.float_range
     if f.log:
-        return _round(math.exp(rng.uniform(math.log(f.min), math.log(f.max))))
-    return _round(rng.uniform(f.min, f.max))
+        return round_value(math.exp(rng.uniform(math.log(f.min), math.log(f.max))))
+    return round_value(rng.uniform(f.min, f.max))
 
 
-def sampler_for(spec: HyperparameterSpec) -> Sampler:
+def sampler_for(spec: HyperparameterSpec, direction: Direction = "maximize") -> Sampler:
+    """The sampler of the spec's algorithm; `direction` is the objective's (TPE needs it)."""
     if spec.algorithm == "random":
         return RandomSampler(spec.search_space, spec.seed or 0)
+    if spec.algorithm == "tpe":
+        settings = spec.tpe or TpeSettings()
+        discrete = all(p.float_range is None for p in spec.search_space)
+        return TpeSampler(
+            spec.search_space,
+            spec.seed or 0,
+            direction,
+            multivariate=settings.multivariate,
+            startup_trials=settings.startup_trials,
+            size=_grid_size(spec.search_space) if discrete else None,
+        )
     return GridSampler(spec.search_space)
 
 

@@ -2,10 +2,11 @@
 actions to take and the status to write.
 
 One call handles whichever stage the task is in: start an attempt (reserve an iteration,
-resolve the starting model), run trials (follow Jobs, launch new ones up to the parallel
-limit, stop at the failure limit or on suspend), promote the winner (`promotion`), or, once
-finished, make sure nothing runs. Everything it needs to resume is in the status it
-returns, so a restarted operator continues exactly where the last one stopped.
+resolve the starting model, plan the warm start), run trials (follow Jobs, stop hopeless
+ones early, launch new ones up to the parallel limit, stop at the failure limit, the goal
+or on suspend), promote the winner (`promotion`), or, once finished, make sure nothing
+runs. Everything it needs to resume is in the status it returns, so a restarted operator
+continues exactly where the last one stopped.
 """
 
 from __future__ import annotations
@@ -17,15 +18,19 @@ from pydantic import ValidationError
 
 from kubetune.api import (
     BestTrial,
+    FineTuningTaskSpec,
     FineTuningTaskStatus,
     MlflowStatus,
     ObjectiveSpec,
+    StepValue,
+    SuggestionOrigin,
     TrialCounts,
     TrialStatus,
 )
 from kubetune.api import conditions as c
-from kubetune.contract import EXIT_REASONS
-from kubetune.decide import promotion
+from kubetune.api.taskstatus import MAX_EVALUATIONS
+from kubetune.contract import EXIT_REASONS, TrialProgress
+from kubetune.decide import promotion, warmstart
 from kubetune.decide.actions import (
     Action,
     DeleteJob,
@@ -40,12 +45,15 @@ from kubetune.decide.context import (
     experiment_name,
 )
 from kubetune.decide.inputs import Defaults, ModelObject, ObservedJob, TaskObject
-from kubetune.decide.sampling import planned_trials, sampler_for
+from kubetune.decide.sampling import Sampler, planned_trials, sampler_for
+from kubetune.decide.study import prune_decision
 from kubetune.decide.trialconfig import search_space_problems
 from kubetune.locations import lineage_root, scratch_uri, trial_checkpoint_uri
 from kubetune.manifests import job_name
 
 MODEL_RETRY_SECONDS = 30.0
+PROGRESS_POLL_SECONDS = 5.0
+"""With early stopping, how often running trials' progress is read."""
 
 
 def decide_task(
@@ -134,8 +142,8 @@ def _start_attempt(r: Reconcile) -> None:
     status.iteration = iteration
     status.scratch_uri = scratch_uri(lineage_root(storage, task.namespace, model.name), iteration)
     status.trials = []
-    hyper = spec.hyperparameters
-    status.counts = TrialCounts(total=planned_trials(hyper, sampler_for(hyper)))
+    status.warm_start = warmstart.plan(spec, model.status)
+    status.counts = TrialCounts(total=planned_trials(spec.hyperparameters, _sampler(spec)))
     status.best_trial = None
     status.promotion = None
     status.promoted_uri = None
@@ -159,8 +167,28 @@ def _start_attempt(r: Reconcile) -> None:
     r.requeue(0)
 
 
+def _sampler(spec: FineTuningTaskSpec) -> Sampler:
+    return sampler_for(spec.hyperparameters, spec.objective.direction)
+
+
+def _record_evaluations(trial: TrialStatus, points: dict[int, float]) -> None:
+    """Merge intermediate values into the trial's (a restarted Pod starts a new file)."""
+    merged = {e.step: e.value for e in trial.evaluations or []} | points
+    if merged:
+        ordered = sorted(merged.items())[-MAX_EVALUATIONS:]
+        trial.evaluations = [StepValue(step=step, value=value) for step, value in ordered]
+
+
+def _progress_points(progress: TrialProgress, metric: str) -> dict[int, float]:
+    return {e.step: e.metrics[metric] for e in progress.evaluations if metric in e.metrics}
+
+
 def _observe(r: Reconcile, trial: TrialStatus, job: ObservedJob) -> None:
-    """Fold the Job's state into its trial."""
+    """Fold the Job's state (and, with early stopping, its progress) into its trial."""
+    metric = r.task.spec.objective.metric
+    stopping = r.task.spec.hyperparameters.early_stopping is not None
+    if stopping and job.progress is not None:
+        _record_evaluations(trial, _progress_points(job.progress, metric))
     if job.phase == "Running":
         trial.phase = "Running"
         trial.started_at = job.started_at or trial.started_at or r.now
@@ -172,6 +200,8 @@ def _observe(r: Reconcile, trial: TrialStatus, job: ObservedJob) -> None:
         trial.metrics = dict(result.metrics)
         trial.checkpoint_uri = result.checkpoint_uri
         trial.mlflow_run_id = result.mlflow_run_id
+        if stopping:
+            _record_evaluations(trial, {result.steps: result.value})
         trial.started_at = trial.started_at or job.started_at
         trial.finished_at = job.finished_at or r.now
         r.event(
@@ -196,11 +226,7 @@ def _fail(r: Reconcile, trial: TrialStatus, job: ObservedJob, reason: str, messa
 
 def best_trial(trials: Sequence[TrialStatus], objective: ObjectiveSpec) -> TrialStatus | None:
     """The succeeded trial with the best metric; ties go to the lower index."""
-    scored = [t for t in trials if t.phase == "Succeeded" and t.metric is not None]
-    if not scored:
-        return None
-    sign = -1.0 if objective.direction == "maximize" else 1.0
-    return min(scored, key=lambda t: (sign * (t.metric or 0.0), t.index))
+    return next(iter(warmstart.ranked(trials, objective)), None)
 
 
 def _goal_reached(best: TrialStatus | None, objective: ObjectiveSpec) -> bool:
@@ -223,6 +249,8 @@ def _run(r: Reconcile) -> None:
             missing.append(trial)
         else:
             _observe(r, trial, job)
+    if spec.hyperparameters.early_stopping is not None:
+        _stop_hopeless(r)
     failed = sum(t.phase == "Failed" for t in status.trials)
     limit = spec.hyperparameters.max_failed_trials
     if limit is not None and failed > limit:
@@ -243,10 +271,14 @@ def _run(r: Reconcile) -> None:
         if best is not None and best.metric is not None
         else None
     )
+    goal = _goal_reached(best, spec.objective)
+    if goal and best is not None and status.counts.total > len(status.trials):
+        message = f"{best.name} reached the goal {spec.objective.goal}: no further trials"
+        r.event(False, c.REASON_GOAL_REACHED, message)
     try:
         for trial in missing:
             r.create_job(trial)
-        _launch(r, stop=_goal_reached(best, spec.objective))
+        _launch(r, stop=goal)
     except ValidationError as error:
         r.end(c.FAILED, c.REASON_INVALID_SPEC, f"invalid trial config: {error}"[:MESSAGE_LIMIT])
         return
@@ -255,25 +287,64 @@ def _run(r: Reconcile) -> None:
         done = sum(t.phase not in ACTIVE_TRIAL_PHASES for t in status.trials)
         message = f"{done}/{status.counts.total} trials done, {active} running"
         r.condition(c.RUNNING, "True", c.REASON_TRIALS_RUNNING, message)
+        if spec.hyperparameters.early_stopping is not None:
+            r.requeue(PROGRESS_POLL_SECONDS)
     elif best is None:
         r.end(c.FAILED, c.REASON_NO_SUCCESSFUL_TRIAL, f"all {len(status.trials)} trials failed")
     else:
         promotion.start(r, best)
 
 
+def _stop_hopeless(r: Reconcile) -> None:
+    """Prune running trials the median rule gives up on; their Jobs are deleted, which
+    frees their resources for the next suggestion in this same reconcile."""
+    status, spec = r.status, r.task.spec
+    rule = spec.hyperparameters.early_stopping
+    assert rule is not None
+    for trial in status.trials:
+        if trial.phase != "Running":
+            continue
+        at = prune_decision(trial, status.trials, rule, spec.objective.direction)
+        if at is None:
+            continue
+        job = r.job(trial.name)
+        if job is not None and not job.deleting:
+            r.actions.append(DeleteJob(trial.name))
+        trial.phase = "Pruned"
+        trial.reason = c.REASON_EARLY_STOPPED
+        trial.pruned = at
+        trial.message = (
+            f"{spec.objective.metric} {at.value:.4f} at step {at.step} is worse than the "
+            f"median {at.median:.4f} of the completed trials"
+        )
+        trial.finished_at = r.now
+        r.event(False, "TrialPruned", f"{trial.name}: {trial.message}")
+
+
 def _launch(r: Reconcile, *, stop: bool) -> None:
-    """Add trials, up to the parallel limit and the planned total, and create their Jobs."""
+    """Add trials, up to the parallel limit and the planned total, and create their Jobs:
+    first the warm-start sets, then the sampler's suggestions. Once the goal is reached
+    (`stop`), the trials already started are all the attempt runs."""
     status, hyper = r.status, r.task.spec.hyperparameters
-    sampler = sampler_for(hyper)
-    status.counts.total = planned_trials(hyper, sampler)
+    sampler = _sampler(r.task.spec)
+    planned = planned_trials(hyper, sampler)
+    status.counts.total = min(planned, len(status.trials)) if stop else planned
     assert status.scratch_uri is not None
+    warm = status.warm_start.parameters if status.warm_start is not None else []
     active = sum(t.phase in ACTIVE_TRIAL_PHASES for t in status.trials)
-    while not stop and len(status.trials) < status.counts.total and active < hyper.parallel_trials:
+    while len(status.trials) < status.counts.total and active < hyper.parallel_trials:
         index = len(status.trials)
+        origin: SuggestionOrigin
+        if index < len(warm):
+            parameters, origin = dict(warm[index]), "warm-start"
+        else:
+            origin = sampler.origin(status.trials)
+            parameters = sampler.suggest(index - len(warm), status.trials)
         trial = TrialStatus(
             index=index,
             name=job_name(r.task.name, status.attempt, index),
-            parameters=sampler.suggest(index, status.trials),
+            parameters=parameters,
+            origin=origin,
             phase="Pending",
             checkpoint_uri=trial_checkpoint_uri(status.scratch_uri, index),
         )
