@@ -382,10 +382,18 @@ def _start_all(
     )
 
 
+POD_PYTHONPATH_ENV = "DEVCLUSTER_POD_PYTHONPATH"
+"""Directories put before everything else on the pods' PYTHONPATH: the scale benchmark
+shadows `kubetune_trainer` with a stand-in this way, without touching the operator."""
+
+
 def _devcluster_pythonpath() -> str:
     """This checkout's packages first, so pods run the code under test, not an install."""
     root = Path(__file__).resolve().parent.parent
     paths = [str(root), str(root / "operator"), str(root / "trainer_image")]
+    override = os.environ.get(POD_PYTHONPATH_ENV)
+    if override:
+        paths.insert(0, override)
     existing = os.environ.get("PYTHONPATH")
     return os.pathsep.join([*paths, existing] if existing else paths)
 

@@ -19,6 +19,10 @@ from kubernetes import client, config
 from devcluster import build, cluster
 from devcluster.state import ClusterInfo
 
+# The operator, CRDs and data fixtures of the e2e suite, shared by every directory that
+# needs them (e2e, helm, faults): one plugin, so one operator per session.
+pytest_plugins = ["tests.e2e.fixtures"]
+
 
 @pytest.fixture(scope="session")
 def devcluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterInfo]:

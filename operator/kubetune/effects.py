@@ -38,6 +38,10 @@ class EffectError(RuntimeError):
     """An action could not be carried out; the message says what and why."""
 
 
+class CopyIncompleteError(EffectError):
+    """Verification read both prefixes and found objects missing or different."""
+
+
 class StaleReadError(EffectError):
     """A conditional write lost a race with another writer: read again and redecide.
     Normal under concurrency, so it is neither a condition nor a Warning Event."""
@@ -113,10 +117,10 @@ class Effects:
         source = storage.list(S3Location.parse(action.source_uri))
         target = storage.list(S3Location.parse(action.target_uri))
         if not source:
-            raise EffectError(f"{action.source_uri} is empty")
+            raise CopyIncompleteError(f"{action.source_uri} is empty")
         wrong = sorted(k for k, size in source.items() if target.get(k) != size)
         if wrong:
-            raise EffectError(
+            raise CopyIncompleteError(
                 f"{len(wrong)} of {len(source)} objects missing or different under "
                 f"{action.target_uri} (first: {wrong[0]})"
             )

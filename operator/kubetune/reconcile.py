@@ -40,7 +40,7 @@ from kubetune.decide import (
     progress_to_read,
     results_to_read,
 )
-from kubetune.effects import EffectError, Effects, StaleReadError
+from kubetune.effects import CopyIncompleteError, EffectError, Effects, StaleReadError
 from kubetune.locations import ResolvedStorage, resolve_storage
 from kubetune.manifests import LABEL_TASK
 from kubetune.metrics import METRICS
@@ -128,7 +128,13 @@ class Reconciler:
                 return 0
             except EffectError as error:
                 METRICS.reconcile_errors.labels(FINE_TUNING_TASK.kind).inc()
-                status = action_failed(task, action, str(error), now)
+                status = action_failed(
+                    task,
+                    action,
+                    str(error),
+                    now,
+                    copy_incomplete=isinstance(error, CopyIncompleteError),
+                )
                 events = [
                     Event("Warning", c.REASON_ACTION_FAILED, f"{type(action).__name__}: {error}")
                 ]

@@ -11,7 +11,7 @@ from devcluster.audit import successful_creates
 from devcluster.processes import is_alive
 from devcluster.state import ClusterInfo
 from tests.conftest import Kubectl
-from tests.e2e.conftest import (
+from tests.e2e.fixtures import (
     E2eData,
     OperatorProcess,
     apply,

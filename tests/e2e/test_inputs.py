@@ -10,7 +10,7 @@ from kubernetes import client
 
 from devcluster.state import ClusterInfo
 from tests.conftest import Kubectl
-from tests.e2e.conftest import (
+from tests.e2e.fixtures import (
     CREDENTIALS_SECRET,
     E2eData,
     OperatorProcess,

@@ -15,7 +15,7 @@ from devcluster.state import ClusterInfo
 from kubetune.clients.s3 import S3Location
 from kubetune_trainer.evaluation import TOP_K, RetrievalSet, ranking_metrics, search
 from tests.conftest import Kubectl
-from tests.e2e.conftest import (
+from tests.e2e.fixtures import (
     E2eData,
     OperatorProcess,
     apply,

@@ -11,7 +11,7 @@ import yaml
 from kubernetes import client
 
 from tests.conftest import Kubectl
-from tests.e2e.conftest import E2eData, apply, fine_tuning_task, get, tuned_model, wait_phase
+from tests.e2e.fixtures import E2eData, apply, fine_tuning_task, get, tuned_model, wait_phase
 
 TIMEOUT = 1500  # the trainer runs on two shared CPU cores
 

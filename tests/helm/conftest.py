@@ -26,13 +26,7 @@ import yaml
 from devcluster import build
 from devcluster.state import ClusterInfo, free_port
 from tests.conftest import Kubectl
-from tests.e2e.conftest import (  # the e2e fixtures these tests use, registered here
-    DATA_BUCKET,
-    OperatorProcess,
-    crds,  # noqa: F401
-    e2e_data,  # noqa: F401
-    operator,  # noqa: F401
-)
+from tests.e2e.fixtures import DATA_BUCKET, OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "kubetune"

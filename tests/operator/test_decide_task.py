@@ -292,7 +292,9 @@ def test_verify_failure_goes_back_to_copy_then_fails_after_three():
     for _ in range(3):
         verify = decide_task(world.task(), world.model, [], DEFAULTS, NOW).actions[0]
         assert isinstance(verify, VerifyCheckpoint)
-        world.status = action_failed(world.task(), verify, "sizes differ", NOW)
+        world.status = action_failed(
+            world.task(), verify, "sizes differ", NOW, copy_incomplete=True
+        )
         assert world.status.promotion.step == "Copy"
         assert c.get_condition(world.status.conditions, c.INPUTS_READY).status == "False"
         world.reconcile()  # copies again
@@ -300,6 +302,22 @@ def test_verify_failure_goes_back_to_copy_then_fails_after_three():
     assert world.status.phase == "Failed"
     assert c.get_condition(world.status.conditions, c.FAILED).reason == c.REASON_PROMOTION_FAILED
     assert world.model.status.current_iteration is None
+
+
+def test_storage_outage_during_verify_retries_verify_without_counting_it():
+    world = World(spec=task_spec(hyperparameters={"searchSpace": []}))
+    world.settle()
+    world.finish("tune-t0", 0.9)
+    while world.status.promotion is None or world.status.promotion.step != "Verify":
+        world.reconcile()
+    for _ in range(5):
+        verify = decide_task(world.task(), world.model, [], DEFAULTS, NOW).actions[0]
+        assert isinstance(verify, VerifyCheckpoint)
+        world.status = action_failed(world.task(), verify, "bucket unreachable", NOW)
+        assert world.status.promotion.step == "Verify"
+        assert world.status.promotion.verify_failures == 0
+    world.settle()
+    assert world.status.phase == "Succeeded"
 
 
 def test_status_round_trips_through_json():

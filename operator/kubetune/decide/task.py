@@ -354,15 +354,26 @@ def _launch(r: Reconcile, *, stop: bool) -> None:
 
 
 def action_failed(
-    task: TaskObject, action: Action, message: str, now: datetime
+    task: TaskObject,
+    action: Action,
+    message: str,
+    now: datetime,
+    *,
+    copy_incomplete: bool = False,
 ) -> FineTuningTaskStatus:
     """The status to write when applying `action` failed (the decision's own status is
-    dropped). A failed verification sends the promotion back to Copy; anything else is
+    dropped). A verification that found the copy incomplete (`copy_incomplete`) sends the
+    promotion back to Copy; anything else, an unreachable S3 during Verify included, is
     reported on InputsReady and retried by the handler with backoff."""
     status = _copy(task.status)
     now = now.replace(microsecond=0)
     p = status.promotion
-    if isinstance(action, VerifyCheckpoint) and p is not None and p.step == "Verify":
+    if (
+        copy_incomplete
+        and isinstance(action, VerifyCheckpoint)
+        and p is not None
+        and p.step == "Verify"
+    ):
         p.verify_failures += 1
         p.step = "Copy"
     text = f"{type(action).__name__} failed: {message}"[:MESSAGE_LIMIT]
