@@ -113,10 +113,10 @@ def _pod_spec(
         "containers": [container],
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
     }
+    # The trainer never calls the Kubernetes API, whichever ServiceAccount it runs as.
+    pod["automountServiceAccountToken"] = False
     if trainer.service_account_name:
         pod["serviceAccountName"] = trainer.service_account_name
-    else:
-        pod["automountServiceAccountToken"] = False
     if trainer.node_selector:
         pod["nodeSelector"] = dict(trainer.node_selector)
     if trainer.tolerations:

@@ -58,6 +58,8 @@ def test_trials_run_under_the_trainer_account(chart_run: ChartRun, kubectl: Kube
         for j in jobs["items"]
     }
     assert pod_specs["support-search-lr-sweep"]["serviceAccountName"] == "kubetune-trainer"
+    # A task that names no account gets the chart's default (namespaced mode), no token.
+    assert pod_specs["minilm-first"]["serviceAccountName"] == "kubetune-trainer"
     assert pod_specs["minilm-first"]["automountServiceAccountToken"] is False
 
 
