@@ -1,6 +1,8 @@
 """`python -m devcluster.demo [up|down]` (what `make demo` and `make demo-down` run).
 
-`up` starts (or reuses) a devcluster, installs the CRDs, runs the operator, uploads the
+`up` starts (or reuses) a devcluster, installs the CRDs and the Helm chart (its RBAC,
+namespaced to the demo's namespace), runs the chart's operator container here as the
+release's ServiceAccount, uploads the
 packaged all-MiniLM-L6-v2 and the quickstart's Debian slice into the S3 server, applies
 `examples/quickstart/`, shows the task's progress in place, and ends with a summary.
 Running it again reuses everything and starts no new training.

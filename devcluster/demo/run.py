@@ -16,13 +16,16 @@ import yaml
 from botocore.exceptions import ClientError
 
 from devcluster import build, cluster
+from devcluster.chart_operator import CHART, operator_environment, service_account_kubeconfig
 from devcluster.demo.progress import progress_lines, summary_lines
 from devcluster.processes import is_alive, spawn
-from devcluster.state import ClusterInfo
+from devcluster.state import ClusterInfo, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "examples" / "quickstart"
 NAMESPACE = "kubetune-demo"
+RELEASE = "kubetune"
+RELEASE_NAMESPACE = "kubetune-system"
 BUCKET = "kubetune"
 CREDENTIALS_SECRET = "s3-credentials"
 MAX_STEPS_ENV = "KUBETUNE_DEMO_MAX_STEPS"
@@ -83,21 +86,61 @@ def _upload_inputs(info: ClusterInfo) -> None:
         s3.upload_file(str(path), BUCKET, key)
 
 
-def _start_operator(info: ClusterInfo) -> None:
+def _helm(info: ClusterInfo, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(build.HELM.path("helm")), *args],
+        text=True,
+        capture_output=True,
+        env={**os.environ, **info.env()},
+    )
+    if check and result.returncode != 0:
+        raise SystemExit(f"helm {' '.join(args)} failed: {result.stderr.strip()}")
+    return result
+
+
+def _chart_values(info: ClusterInfo) -> dict[str, Any]:
+    """The release's values: namespaced mode for the demo namespace, this devcluster's S3
+    and MLflow, and ports for the local process that are free on this machine (chosen
+    once, so a second `make demo` finds the release unchanged)."""
+    ports_file = Path(info.state_dir) / "demo-ports.json"
+    if not ports_file.exists():
+        ports_file.write_text(json.dumps({"health": free_port(), "metrics": free_port()}))
+    ports = json.loads(ports_file.read_text())
+    return {
+        "watch": {"namespaces": [NAMESPACE]},
+        "operator": {"healthPort": ports["health"]},
+        "metrics": {"port": ports["metrics"]},
+        "storage": {
+            "bucket": BUCKET,
+            "endpoint": info.s3_endpoint,
+            "credentialsSecret": CREDENTIALS_SECRET,
+        },
+        "mlflow": {"trackingUri": info.mlflow_uri},
+        "trainer": {"image": {"repository": "kubetune-trainer", "tag": "local"}},
+    }
+
+
+def _install_chart(info: ClusterInfo) -> dict[str, Any]:
+    """`helm install` (once) of the chart in namespaced mode; returns its Deployment."""
+    if _helm(info, "status", RELEASE, "-n", RELEASE_NAMESPACE, check=False).returncode != 0:
+        values = [f"--set-json={k}={json.dumps(v)}" for k, v in _chart_values(info).items()]
+        # The CRDs were applied server-side above, the way upgrades keep them current.
+        _helm(info, "install", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE,
+              "--create-namespace", "--skip-crds", *values)  # fmt: skip
+    manifest = _helm(info, "get", "manifest", RELEASE, "-n", RELEASE_NAMESPACE).stdout
+    return next(d for d in yaml.safe_load_all(manifest) if d and d["kind"] == "Deployment")
+
+
+def _start_operator(info: ClusterInfo, deployment: dict[str, Any]) -> None:
+    """The chart's operator container, run here as the release's ServiceAccount."""
     pid = info.processes.get("operator")
     if pid and is_alive(pid):
         return
-    env = {
-        **info.env(),
-        "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO)]),
-        "KUBETUNE_S3_BUCKET": BUCKET,
-        "KUBETUNE_S3_ENDPOINT": info.s3_endpoint,
-        "KUBETUNE_S3_CREDENTIALS_SECRET": CREDENTIALS_SECRET,
-        "KUBETUNE_MLFLOW_TRACKING_URI": info.mlflow_uri,
-        "KUBETUNE_TRAINER_IMAGE": "kubetune-trainer:local",
-    }
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3"):
-        env[name] = ""
+    account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+    kubeconfig = service_account_kubeconfig(
+        info, RELEASE_NAMESPACE, account, Path(info.state_dir) / "operator-kubeconfig", "24h"
+    )
+    env = operator_environment(deployment, RELEASE_NAMESPACE, kubeconfig)
     process = spawn(
         "operator", [sys.executable, "-m", "kubetune"], Path(info.state_dir) / "logs", env=env
     )
@@ -188,8 +231,10 @@ def demo_up(state_dir: Path, timeout: float) -> int:
     _kubectl(info, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
     _say(f"namespace {NAMESPACE} with the S3 credentials Secret")
     _tenant(info)
-    _say("starting the operator")
-    _start_operator(info)
+    _say(f"installing the chart in {RELEASE_NAMESPACE} (RBAC for {NAMESPACE} only)")
+    deployment = _install_chart(info)
+    _say("starting the operator as the chart's ServiceAccount")
+    _start_operator(info, deployment)
     _say(f"uploading all-MiniLM-L6-v2 and the Debian slice to s3://{BUCKET}/")
     _upload_inputs(info)
     _say("applying examples/quickstart/")

@@ -1,6 +1,6 @@
 """`make demo` itself, as the README tells a newcomer to run it (with tiny trials), then
-`make demo-down`: the task succeeds, the summary and the promoted model are printed, and
-nothing is left running."""
+`make demo-down`: the task succeeds, the summary and the promoted model are printed, the
+operator acted only as the chart's ServiceAccount, and nothing is left running."""
 
 from __future__ import annotations
 
@@ -10,9 +10,25 @@ from pathlib import Path
 
 import pytest
 
+from devcluster import audit
 from devcluster.state import ClusterInfo
 
 REPO = Path(__file__).resolve().parents[2]
+OPERATOR_ACCOUNT = "system:serviceaccount:kubetune-system:kubetune"
+"""The release `kubetune`'s ServiceAccount (the chart names it after the release)."""
+
+
+def _writers(state_dir: Path, verb: str, resource: str, subresource: str = "") -> set[str]:
+    """Who made a successful `verb` request on `resource` in the demo's namespace."""
+    return {
+        event["user"]["username"]
+        for event in audit.events(state_dir)
+        if event.get("verb") == verb
+        and (event.get("objectRef") or {}).get("resource") == resource
+        and (event.get("objectRef") or {}).get("subresource", "") == subresource
+        and (event.get("objectRef") or {}).get("namespace") == "kubetune-demo"
+        and (event.get("responseStatus") or {}).get("code", 500) < 300
+    }
 
 
 @pytest.mark.e2e
@@ -32,6 +48,10 @@ def test_make_demo_runs_an_iteration_and_demo_down_cleans_up(tmp_path: Path) -> 
         assert "MLflow UI:" in output
         info = ClusterInfo.load(state_dir)
         assert info is not None and "operator" in info.processes
+        # The job controller and node agent update Jobs and pods; only the operator
+        # creates Jobs and writes the task's status.
+        assert _writers(state_dir, "create", "jobs") == {OPERATOR_ACCOUNT}
+        assert _writers(state_dir, "patch", "finetuningtasks", "status") == {OPERATOR_ACCOUNT}
 
         again = subprocess.run(
             ["make", "demo"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600

@@ -24,17 +24,15 @@ import pytest
 import yaml
 
 from devcluster import build
+from devcluster.chart_operator import CHART, operator_environment, service_account_kubeconfig
 from devcluster.state import ClusterInfo, free_port
 from tests.conftest import Kubectl
 from tests.e2e.fixtures import DATA_BUCKET, OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "helm" / "kubetune"
 EXAMPLES = REPO / "examples"
 KUBE_VERSION = "1.36.3"
 """The devcluster's version; `helm template` otherwise assumes v1.20 (below kubeVersion)."""
-LOCAL_ONLY_ENV = ("KUBECONFIG", "AWS_", "MLFLOW_", "KUBETUNE_", "DEVCLUSTER_")
-"""Variables of the test process that must not leak into the chart's operator."""
 
 
 class Helm:
@@ -100,31 +98,6 @@ class Release:
         return f"{self.name}-kubetune"
 
 
-def service_account_kubeconfig(
-    kubectl: Kubectl, devcluster: ClusterInfo, namespace: str, account: str, path: Path
-) -> Path:
-    """A kubeconfig that authenticates as the ServiceAccount with a TokenRequest token."""
-    token = kubectl("create", "token", account, "-n", namespace, "--duration=2h").stdout.strip()
-    admin = json.loads(devcluster.kubeconfig.read_text())
-    cluster = admin["clusters"][0]["cluster"]
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "devcluster", "cluster": cluster}],
-        "users": [{"name": account, "user": {"token": token}}],
-        "contexts": [
-            {
-                "name": account,
-                "context": {"cluster": "devcluster", "user": account, "namespace": namespace},
-            }
-        ],
-        "current-context": account,
-    }
-    path.write_text(json.dumps(config))
-    path.chmod(0o600)
-    return path
-
-
 def operator_from_deployment(
     deployment: dict[str, Any],
     release: Release,
@@ -132,21 +105,10 @@ def operator_from_deployment(
     log_path: Path,
     info: ClusterInfo,
 ) -> OperatorProcess:
-    """`python -m kubetune` with exactly the container's command and environment (the
-    downward-API namespace resolved), authenticated as the release's ServiceAccount."""
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"] == ["python", "-m", "kubetune"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(LOCAL_ONLY_ENV)}
-    for variable in container["env"]:
-        if "value" in variable:
-            env[variable["name"]] = variable["value"]
-        else:
-            assert variable["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
-            env[variable["name"]] = release.namespace
-    env["KUBECONFIG"] = str(kubeconfig)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "operator"), str(REPO)])
+    """`python -m kubetune` with exactly the container's command and environment,
+    authenticated as the release's ServiceAccount."""
     process = OperatorProcess(info, log_path)
-    process.env = env
+    process.env = operator_environment(deployment, release.namespace, kubeconfig)
     return process
 
 
@@ -310,7 +272,7 @@ def chart_run(
     manifest = documents(helm("get", "manifest", release.name, "-n", release.namespace).stdout)
     work = tmp_path_factory.mktemp("chart-run")
     kubeconfig = service_account_kubeconfig(
-        kubectl, devcluster, release.namespace, release.service_account, work / "kubeconfig"
+        devcluster, release.namespace, release.service_account, work / "kubeconfig"
     )
     process = operator_from_deployment(
         find(manifest, "Deployment")[0], release, kubeconfig, work / "operator.log", devcluster

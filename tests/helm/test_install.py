@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from devcluster.chart_operator import service_account_kubeconfig
 from devcluster.state import ClusterInfo
 from tests.conftest import Kubectl
 from tests.helm.conftest import (
@@ -21,7 +22,6 @@ from tests.helm.conftest import (
     Helm,
     documents,
     find,
-    service_account_kubeconfig,
     values_args,
 )
 from tests.support import wait_for
@@ -134,7 +134,7 @@ def test_cluster_wide_account_is_still_bounded(
     helm("install", name, str(CHART), "-n", namespace)
     try:
         config = service_account_kubeconfig(
-            kubectl, devcluster, namespace, f"{name}-kubetune", tmp_path / "kubeconfig"
+            devcluster, namespace, f"{name}-kubetune", tmp_path / "kubeconfig"
         )
         assert _can_i(kubectl, config, "watch", "finetuningtasks.kubetune.dev", "-A")
         assert _can_i(kubectl, config, "get", "secrets", "-n", "default")
