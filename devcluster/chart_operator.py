@@ -60,19 +60,24 @@ def service_account_kubeconfig(
 
 
 def operator_environment(
-    deployment: dict[str, Any], namespace: str, kubeconfig: Path
+    deployment: dict[str, Any], namespace: str, kubeconfig: Path, pod_name: str = ""
 ) -> dict[str, str]:
-    """The operator container's environment (the downward-API namespace resolved), on
-    top of this machine's environment less what a pod would not have."""
+    """The operator container's environment (the downward API's namespace and pod name
+    resolved), on top of this machine's environment less what a pod would not have."""
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     if container["command"] != OPERATOR_COMMAND:
         raise ValueError(f"the chart's operator runs {container['command']}, not the package")
+    fields = {
+        "metadata.namespace": namespace,
+        "metadata.name": pod_name or f"{deployment['metadata']['name']}-local",
+    }
     env = {k: v for k, v in os.environ.items() if not k.startswith(LOCAL_ONLY_ENV)}
     for variable in container["env"]:
+        field_path = variable.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
         if "value" in variable:
             env[variable["name"]] = variable["value"]
-        elif variable["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}:
-            env[variable["name"]] = namespace
+        elif field_path in fields:
+            env[variable["name"]] = fields[field_path]
         else:
             raise ValueError(f"cannot resolve {variable['name']} outside a pod: {variable}")
     env["KUBECONFIG"] = str(kubeconfig)

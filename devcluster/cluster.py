@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from devcluster import build
-from devcluster.processes import spawn, stop_group, wait_until
+from devcluster.processes import kill_group, spawn, stop_group, wait_until
 from devcluster.state import ClusterInfo, free_port
 
 NODE_NAME = "devcluster-node"
@@ -151,7 +151,9 @@ def up(state_dir: Path, gpus: int = 4, quiet: bool = False) -> ClusterInfo:
     _make_pki(pki)
     token = secrets.token_hex(24)
     (pki / "tokens.csv").write_text(f'{token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n')
-    s3_access = "devcluster"
+    # Random like the secret key: tests grep statuses, Events and logs for both, and a
+    # fixed word would turn up in paths and names everywhere.
+    s3_access = f"devcluster-{secrets.token_hex(8)}"
     s3_secret = secrets.token_hex(16)
 
     etcd_port, etcd_peer = free_port(), free_port()
@@ -161,6 +163,7 @@ def up(state_dir: Path, gpus: int = 4, quiet: bool = False) -> ClusterInfo:
         kubernetes_version=build.KUBERNETES_VERSION,
         apiserver_url=f"https://127.0.0.1:{api_port}",
         etcd_url=f"http://127.0.0.1:{etcd_port}",
+        etcd_peer_url=f"http://127.0.0.1:{etcd_peer}",
         s3_endpoint=f"http://127.0.0.1:{s3_port}",
         s3_access_key=s3_access,
         s3_secret_key=s3_secret,
@@ -172,7 +175,7 @@ def up(state_dir: Path, gpus: int = 4, quiet: bool = False) -> ClusterInfo:
     # Record each process as soon as it starts, so a failure half-way is cleaned by down().
     info.save()
     try:
-        _start_all(info, binaries, logs, pki, token, etcd_peer, gpus)
+        _start_all(info, binaries, logs, pki, token, gpus)
     except BaseException:
         down(state_dir)
         raise
@@ -180,20 +183,14 @@ def up(state_dir: Path, gpus: int = 4, quiet: bool = False) -> ClusterInfo:
     return info
 
 
-def _start_all(
-    info: ClusterInfo,
-    binaries: dict[str, Path],
-    logs: Path,
-    pki: Path,
-    token: str,
-    etcd_peer: int,
-    gpus: int,
-) -> None:
+def _start_etcd(info: ClusterInfo, binaries: Path, logs: Path) -> None:
+    """etcd on the recorded ports and data directory (a restart keeps every object)."""
     state_dir = Path(info.state_dir)
+    peer = info.etcd_peer_url
     etcd = spawn(
         "etcd",
         [
-            str(binaries["etcd"] / "etcd"),
+            str(binaries / "etcd"),
             "--name",
             "devcluster",
             "--data-dir",
@@ -203,11 +200,11 @@ def _start_all(
             "--advertise-client-urls",
             info.etcd_url,
             "--listen-peer-urls",
-            f"http://127.0.0.1:{etcd_peer}",
+            peer,
             "--initial-advertise-peer-urls",
-            f"http://127.0.0.1:{etcd_peer}",
+            peer,
             "--initial-cluster",
-            f"devcluster=http://127.0.0.1:{etcd_peer}",
+            f"devcluster={peer}",
             "--unsafe-no-fsync",
             "--quota-backend-bytes",
             str(4 * 1024**3),
@@ -217,11 +214,14 @@ def _start_all(
     _record(info, "etcd", etcd.pid)
     wait_until(lambda: _http_ok(f"{info.etcd_url}/health"), "etcd", 30, etcd, logs / "etcd.log")
 
+
+def _start_apiserver(info: ClusterInfo, binaries: Path, logs: Path, pki: Path, token: str) -> None:
     api_port = info.apiserver_url.rsplit(":", 1)[1]
+    pki_ca = pki / "ca.crt"
     apiserver = spawn(
         "kube-apiserver",
         [
-            str(binaries["kubernetes"] / "kube-apiserver"),
+            str(binaries / "kube-apiserver"),
             "--etcd-servers",
             info.etcd_url,
             "--secure-port",
@@ -263,14 +263,27 @@ def _start_all(
         logs,
     )
     _record(info, "kube-apiserver", apiserver.pid)
-    ca = pki / "ca.crt"
     wait_until(
-        lambda: _https_get(f"{info.apiserver_url}/readyz", ca, token) == b"ok",
+        lambda: _https_get(f"{info.apiserver_url}/readyz", pki_ca, token) == b"ok",
         "kube-apiserver",
         90,
         apiserver,
         logs / "kube-apiserver.log",
     )
+
+
+def _start_all(
+    info: ClusterInfo,
+    binaries: dict[str, Path],
+    logs: Path,
+    pki: Path,
+    token: str,
+    gpus: int,
+) -> None:
+    state_dir = Path(info.state_dir)
+    _start_etcd(info, binaries["etcd"], logs)
+    _start_apiserver(info, binaries["kubernetes"], logs, pki, token)
+    ca = pki / "ca.crt"
     _write_kubeconfig(info.kubeconfig, info.apiserver_url, ca, token)
 
     controller_manager = spawn(
@@ -467,6 +480,18 @@ def down(state_dir: Path) -> None:
     kill_recorded_pods(state_dir)
     if state_dir.exists():
         shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def restart_control_plane(info: ClusterInfo) -> None:
+    """Kill -9 kube-apiserver and etcd, then start them again on the same ports and data,
+    as after a control-plane node's crash; clients must ride it out on their own."""
+    for name in ("kube-apiserver", "etcd"):
+        kill_group(info.processes[name])
+    binaries = build.ensure_all(progress=False)
+    state_dir = Path(info.state_dir)
+    pki = state_dir / "pki"
+    _start_etcd(info, binaries["etcd"], state_dir / "logs")
+    _start_apiserver(info, binaries["kubernetes"], state_dir / "logs", pki, _admin_token(info))
 
 
 def wait_for_version(info: ClusterInfo, timeout: float = 10) -> dict[str, str]:

@@ -82,6 +82,11 @@ def stop_group(pgid: int, grace_seconds: float = 10.0) -> None:
         if not _group_alive(pgid):
             return
         time.sleep(0.1)
+    kill_group(pgid)
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL the process group (no chance to clean up) and wait until it is gone."""
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:

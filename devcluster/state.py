@@ -45,6 +45,8 @@ class ClusterInfo:
     mlflow_artifacts_bucket: str
     node_name: str
     processes: dict[str, int] = field(default_factory=dict)
+    etcd_peer_url: str = ""
+    """Empty in state written before control-plane restarts existed."""
 
     @property
     def kubeconfig(self) -> Path:

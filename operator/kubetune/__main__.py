@@ -1,7 +1,9 @@
 """`python -m kubetune`: run the operator (kopf) with settings from the environment.
 
-Flags mirror what the Helm chart sets: the namespaces to watch (default: all), the
-liveness endpoint, and standalone mode (no peering) for single-replica deployments.
+Flags mirror what the Helm chart sets: the namespaces to watch (default: all) and the
+liveness endpoint. kopf runs standalone: replicas coordinate through a Lease
+(`KUBETUNE_LEADER_ELECTION`, see `kubetune.leadership`), not kopf's peering, in which
+peers of equal priority all pause.
 """
 
 from __future__ import annotations
@@ -25,11 +27,6 @@ def main(argv: list[str] | None = None) -> None:
         default=os.environ.get("KUBETUNE_LIVENESS_ENDPOINT"),
         help="e.g. http://0.0.0.0:8080/healthz",
     )
-    parser.add_argument(
-        "--peering",
-        default=os.environ.get("KUBETUNE_PEERING"),
-        help="kopf peering object name; unset: standalone",
-    )
     parser.add_argument("--log-level", default=os.environ.get("KUBETUNE_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -39,8 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         n for n in os.environ.get("KUBETUNE_NAMESPACES", "").split(",") if n
     ]
     kopf.run(
-        standalone=args.peering is None,
-        peering_name=args.peering,
+        standalone=True,
         namespaces=namespaces,
         clusterwide=not namespaces,
         liveness_endpoint=args.liveness,

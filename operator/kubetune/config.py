@@ -8,6 +8,8 @@ tracking URI.
 from __future__ import annotations
 
 import os
+import socket
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -15,6 +17,47 @@ from kubetune.api import CredentialsSecretRef, StorageSpec
 from kubetune.decide import Defaults
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
+
+
+TRUE = ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class LeaderElection:
+    """Replicas share one Lease; only its holder reconciles. The timings are Kubernetes'
+    own components' defaults: a dead leader is replaced within about 15 s, and a leader
+    that cannot renew for 10 s stops before another may take over."""
+
+    namespace: str
+    lease_name: str
+    identity: str
+    lease_duration_seconds: int = 15
+    renew_deadline_seconds: float = 10.0
+    retry_period_seconds: float = 2.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], namespace: str | None) -> LeaderElection | None:
+        if env.get("KUBETUNE_LEADER_ELECTION", "").lower() not in TRUE:
+            return None
+        if not namespace:
+            raise ValueError(
+                "KUBETUNE_LEADER_ELECTION needs KUBETUNE_OPERATOR_NAMESPACE, the namespace of "
+                "the Lease (the chart sets it to the release's namespace)"
+            )
+        pod = env.get("KUBETUNE_POD_NAME") or socket.gethostname()
+        duration = int(env.get("KUBETUNE_LEASE_DURATION_SECONDS", "15"))
+        renew = float(env.get("KUBETUNE_LEASE_RENEW_DEADLINE_SECONDS", str(duration * 2 / 3)))
+        if not 0 < renew < duration:
+            raise ValueError("the renew deadline must be positive and shorter than the lease")
+        return cls(
+            namespace=namespace,
+            lease_name=env.get("KUBETUNE_LEASE_NAME") or "kubetune-operator",
+            # A restarted process must not mistake its predecessor's Lease for its own.
+            identity=f"{pod}_{uuid.uuid4().hex[:8]}",
+            lease_duration_seconds=duration,
+            renew_deadline_seconds=renew,
+            retry_period_seconds=float(env.get("KUBETUNE_LEASE_RETRY_SECONDS", str(renew / 5))),
+        )
 
 
 @dataclass(frozen=True)
@@ -25,6 +68,7 @@ class OperatorConfig:
     resync_seconds: float = 30.0
     metrics_port: int | None = None
     operator_namespace: str | None = None
+    leader_election: LeaderElection | None = None
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -40,6 +84,7 @@ class OperatorConfig:
         )
         namespaces = tuple(n for n in env.get("KUBETUNE_NAMESPACES", "").split(",") if n)
         port = env.get("KUBETUNE_METRICS_PORT")
+        operator_namespace = env.get("KUBETUNE_OPERATOR_NAMESPACE") or None
         return cls(
             defaults=Defaults(
                 storage=storage,
@@ -51,6 +96,7 @@ class OperatorConfig:
             namespaces=namespaces,
             resync_seconds=float(env.get("KUBETUNE_RESYNC_SECONDS", "30")),
             metrics_port=int(port) if port else None,
-            operator_namespace=env.get("KUBETUNE_OPERATOR_NAMESPACE") or None,
+            operator_namespace=operator_namespace,
+            leader_election=LeaderElection.from_env(env, operator_namespace),
             env=env,
         )

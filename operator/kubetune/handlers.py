@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import kopf
@@ -19,8 +19,10 @@ from kubernetes.client.rest import ApiException
 
 from kubetune.api import FINE_TUNING_TASK, GROUP, TUNED_MODEL, VERSION
 from kubetune.clients.kube import Kube
+from kubetune.clients.lease import Leases
 from kubetune.config import OperatorConfig
 from kubetune.effects import Effects
+from kubetune.leadership import LeaderElector
 from kubetune.manifests import LABEL_TASK
 from kubetune.metrics import METRICS
 from kubetune.reconcile import Reconciler
@@ -32,11 +34,18 @@ ERROR_RETRY_SECONDS = 5.0
 
 class WorkQueue:
     """At most one reconcile per object at a time; requests that arrive meanwhile are
-    coalesced into one more run; requeues are timers (lost on restart, which relists)."""
+    coalesced into one more run; requeues are timers (lost on restart, which relists).
+    Every run first passes `gate` (a standby replica waits there for leadership)."""
 
-    def __init__(self, kind: str, reconcile: Callable[[str, str], float | None]) -> None:
+    def __init__(
+        self,
+        kind: str,
+        reconcile: Callable[[str, str], float | None],
+        gate: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.kind = kind
         self.reconcile = reconcile
+        self.gate = gate
         self._running: set[Key] = set()
         self._dirty: set[Key] = set()
         self._timers: dict[Key, asyncio.TimerHandle] = {}
@@ -73,6 +82,8 @@ class WorkQueue:
         self._running.add(key)
         delay: float | None = None
         try:
+            if self.gate is not None:
+                await self.gate()
             while True:
                 self._dirty.discard(key)
                 try:
@@ -106,11 +117,19 @@ class Operator:
     """The wiring: configuration, clients, the reconciler and one queue per kind."""
 
     def __init__(self, config: OperatorConfig) -> None:
-        kube = Kube(_api_client())
+        api = _api_client()
+        kube = Kube(api)
         self.config = config
         self.reconciler = Reconciler(kube, Effects(kube), config, _event_sink(kube))
-        self.tasks = WorkQueue(FINE_TUNING_TASK.kind, self.reconciler.task)
-        self.models = WorkQueue(TUNED_MODEL.kind, self.reconciler.model)
+        election = config.leader_election
+        self.elector = (
+            LeaderElector(Leases(api, election.namespace, election.lease_name), election)
+            if election
+            else None
+        )
+        gate = self.elector.wait_leader if self.elector else None
+        self.tasks = WorkQueue(FINE_TUNING_TASK.kind, self.reconciler.task, gate)
+        self.models = WorkQueue(TUNED_MODEL.kind, self.reconciler.model, gate)
 
 
 def _api_client() -> Any:
@@ -153,8 +172,19 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     if config.metrics_port:
         METRICS.serve(config.metrics_port)
+    if OPERATOR.elector is not None:
+        OPERATOR.tasks.spawn(OPERATOR.elector.run())
     OPERATOR.tasks.spawn(OPERATOR.tasks.resync(config.resync_seconds))
     OPERATOR.models.spawn(OPERATOR.models.resync(config.resync_seconds))
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    if OPERATOR is not None and OPERATOR.elector is not None:
+        try:
+            await asyncio.to_thread(OPERATOR.elector.release)
+        except (ApiException, OSError) as error:  # the standby then waits the lease out
+            log.warning("lease not released: %s", error)
 
 
 def _dispatch(queue: WorkQueue, key: Key, event_type: str | None) -> None:

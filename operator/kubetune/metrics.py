@@ -40,6 +40,9 @@ class OperatorMetrics:
             ["kind"],
             registry=r,
         )
+        self.leader = Gauge(
+            "kubetune_leader", "1 while this replica holds the leader Lease", registry=r
+        )
         self._phases: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
 

@@ -100,11 +100,12 @@ def test_every_value_is_documented_and_in_the_schema() -> None:
     closed(schema, "")
 
 
-def test_deployment_is_hardened_and_single_active(helm_offline: Helm) -> None:
+def test_deployment_is_hardened_and_elects_a_leader(helm_offline: Helm) -> None:
     objects = documents(helm_offline.template())
     (deployment,) = find(objects, "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 1
+    assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -116,6 +117,12 @@ def test_deployment_is_hardened_and_single_active(helm_offline: Helm) -> None:
     assert {"requests", "limits"} <= container["resources"].keys()
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["KUBETUNE_LIVENESS_ENDPOINT"] == "http://0.0.0.0:8080/healthz"
+    assert env["KUBETUNE_LEADER_ELECTION"] == "true"
+    assert env["KUBETUNE_LEASE_NAME"] == "kubetune"
+    (lease_role,) = find(objects, "Role", "kubetune-system")
+    assert _rules(lease_role) == LEADER_ELECTION
+    (named,) = [r for r in lease_role["rules"] if "resourceNames" in r]
+    assert named["resourceNames"] == ["kubetune"] and "create" not in named["verbs"]
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -129,6 +136,16 @@ def test_deployment_is_hardened_and_single_active(helm_offline: Helm) -> None:
     assert not find(objects, "PodDisruptionBudget")
     assert not find(objects, "ServiceMonitor")
     assert not find(objects, "CustomResourceDefinition")
+
+
+def test_standby_replicas_get_a_disruption_budget(helm_offline: Helm) -> None:
+    objects = documents(helm_offline.template("--set", "replicaCount=2"))
+    (deployment,) = find(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    (budget,) = find(objects, "PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
 def _rules(role: dict[str, Any]) -> set[tuple[str, str, str]]:
@@ -167,13 +184,20 @@ CRD_DISCOVERY = {
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
 }
 NAMESPACE_DISCOVERY = {("", "namespaces", "list"), ("", "namespaces", "watch")}
+LEADER_ELECTION = {
+    ("coordination.k8s.io", "leases", "create"),
+    ("coordination.k8s.io", "leases", "get"),
+    ("coordination.k8s.io", "leases", "patch"),
+}
+"""In the release's namespace only."""
 
 
 def test_cluster_wide_rbac_is_one_cluster_role(helm_offline: Helm) -> None:
     objects = documents(helm_offline.template())
     (role,) = find(objects, "ClusterRole")
     assert _rules(role) == WORKLOAD | CRD_DISCOVERY
-    assert not find(objects, "Role") and not find(objects, "RoleBinding")
+    assert [r["metadata"]["namespace"] for r in find(objects, "Role")] == ["kubetune-system"]
+    assert [b["metadata"]["namespace"] for b in find(objects, "RoleBinding")] == ["kubetune-system"]
     (binding,) = find(objects, "ClusterRoleBinding")
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "kubetune", "namespace": "kubetune-system"}
