@@ -66,6 +66,8 @@ class OperatorConfig:
     namespaces: tuple[str, ...] = ()
     """Namespaces to watch; empty means the whole cluster."""
     resync_seconds: float = 30.0
+    workers: int = 16
+    """Reconciles that may run at once (threads; each mostly waits on the network)."""
     metrics_port: int | None = None
     operator_namespace: str | None = None
     leader_election: LeaderElection | None = None
@@ -95,6 +97,7 @@ class OperatorConfig:
             ),
             namespaces=namespaces,
             resync_seconds=float(env.get("KUBETUNE_RESYNC_SECONDS", "30")),
+            workers=int(env.get("KUBETUNE_WORKERS", "16")),
             metrics_port=int(port) if port else None,
             operator_namespace=operator_namespace,
             leader_election=LeaderElection.from_env(env, operator_namespace),

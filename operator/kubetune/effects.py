@@ -7,6 +7,7 @@ message a user can act on; the reconciler turns it into a condition and retries.
 
 from __future__ import annotations
 
+import json
 import posixpath
 from dataclasses import dataclass
 from typing import Any
@@ -67,7 +68,7 @@ class Effects:
                 raise EffectError(f'Secret "{ref.name}" has no key {missing[0]!r}')
             access_key = data[ref.access_key_id_key]
             secret_key = data[ref.secret_access_key_key]
-        return Storage(
+        return Storage.for_credentials(
             S3Credentials(resolved.endpoint, access_key, secret_key, resolved.region or "us-east-1")
         )
 
@@ -84,7 +85,7 @@ class Effects:
         except StorageError as error:
             raise EffectError(str(error)) from error
         except ApiException as error:
-            raise EffectError(f"Kubernetes API: {error.status} {error.reason}") from error
+            raise EffectError(f"Kubernetes API: {error.status} {_api_message(error)}") from error
 
     def _apply(self, namespace: str, action: Action) -> None:
         if isinstance(action, CreateJob):
@@ -153,3 +154,13 @@ class Effects:
             return self.storage(namespace, resolved).get_json(S3Location.parse(folder), name)
         except StorageError as error:
             raise EffectError(str(error)) from error
+
+
+def _api_message(error: ApiException) -> str:
+    """The apiserver's own explanation (for a 422 it names the field, e.g.
+    `spec.template.spec.tolerations[0].operator`), else the HTTP reason."""
+    try:
+        message = json.loads(error.body or "").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message) if message else str(error.reason)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -41,10 +42,12 @@ class WorkQueue:
         self,
         kind: str,
         reconcile: Callable[[str, str], float | None],
+        executor: ThreadPoolExecutor | None = None,
         gate: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.kind = kind
         self.reconcile = reconcile
+        self.executor = executor
         self.gate = gate
         self._running: set[Key] = set()
         self._dirty: set[Key] = set()
@@ -87,7 +90,9 @@ class WorkQueue:
             while True:
                 self._dirty.discard(key)
                 try:
-                    delay = await asyncio.to_thread(self.reconcile, *key)
+                    delay = await asyncio.get_running_loop().run_in_executor(
+                        self.executor, self.reconcile, *key
+                    )
                 except Exception:  # one object's failure must not stop the others
                     log.exception("reconcile of %s %s/%s failed; retrying", self.kind, *key)
                     METRICS.reconcile_errors.labels(self.kind).inc()
@@ -128,8 +133,11 @@ class Operator:
             else None
         )
         gate = self.elector.wait_leader if self.elector else None
-        self.tasks = WorkQueue(FINE_TUNING_TASK.kind, self.reconciler.task, gate)
-        self.models = WorkQueue(TUNED_MODEL.kind, self.reconciler.model, gate)
+        # Reconciles mostly wait on the apiserver and S3, so many run at once; asyncio's
+        # default pool (CPU count + 4 threads) would queue hundreds of new tasks behind a few.
+        workers = ThreadPoolExecutor(config.workers, thread_name_prefix="reconcile")
+        self.tasks = WorkQueue(FINE_TUNING_TASK.kind, self.reconciler.task, workers, gate)
+        self.models = WorkQueue(TUNED_MODEL.kind, self.reconciler.model, workers, gate)
 
 
 def _api_client() -> Any:

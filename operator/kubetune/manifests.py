@@ -14,10 +14,12 @@ from typing import Any
 
 from kubetune.api import API_VERSION, FINE_TUNING_TASK, TrainerSpec
 from kubetune.contract import (
+    DEFAULT_TERMINATION_MESSAGE_PATH,
     EXIT_INTERNAL_ERROR,
     EXIT_OK,
     EXIT_REASONS,
     RETRYABLE_EXIT_CODES,
+    TERMINATION_MESSAGE_ENV,
     TRIAL_CONFIG_ENV,
     TrialConfig,
 )
@@ -45,7 +47,9 @@ def job_name(task: str, attempt: int, index: int) -> str:
     if len(task) + len(suffix) <= _MAX_NAME:
         return task + suffix
     digest = hashlib.sha256(task.encode()).hexdigest()[:8]
-    head = task[: _MAX_NAME - len(suffix) - len(digest) - 1].rstrip("-")
+    # A task name is a DNS subdomain: the cut may end in a dot, which must not be
+    # followed by the hyphen before the digest (`a.-1f2e...` is not a valid name).
+    head = task[: _MAX_NAME - len(suffix) - len(digest) - 1].rstrip("-.")
     return f"{head}-{digest}{suffix}"
 
 
@@ -86,6 +90,10 @@ def _pod_spec(
 ) -> dict[str, Any]:
     env = [e.to_json() for e in trainer.env or []]
     env.append({"name": TRIAL_CONFIG_ENV, "value": config.model_dump_json(exclude_none=True)})
+    # Said outright rather than left to the trainer's fallback (the default path when it is
+    # writable): a runtime that maps the path elsewhere, as devcluster's node agent does,
+    # rewrites this value, so the trainer's one-line message is what the trial reports.
+    env.append({"name": TERMINATION_MESSAGE_ENV, "value": DEFAULT_TERMINATION_MESSAGE_PATH})
     env += _storage_env(storage)
     if tracking_uri:
         env.append({"name": "MLFLOW_TRACKING_URI", "value": tracking_uri})
@@ -94,6 +102,7 @@ def _pod_spec(
         "image": image,
         "command": list(COMMAND),
         "env": env,
+        "terminationMessagePath": DEFAULT_TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "allowPrivilegeEscalation": False,

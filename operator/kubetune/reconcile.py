@@ -117,12 +117,15 @@ class Reconciler:
         )
         status = decision.status
         events = list(decision.events)
+        checked = False
         for action in decision.actions:
             try:
-                if isinstance(action, CreateJob) and model is not None:
+                if isinstance(action, CreateJob) and model is not None and not checked:
+                    # Once per round: the trials of one round share the lineage's storage.
                     storage = resolve_storage(model.spec.storage, self.config.defaults.storage)
                     if storage is not None:
                         self.effects.preflight(namespace, storage)
+                    checked = True
                 self.effects.apply(namespace, action)
             except StaleReadError:
                 return 0

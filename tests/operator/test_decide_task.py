@@ -171,7 +171,10 @@ def test_all_trials_failed_ends_failed():
     world.finish("tune-t0", None)
     status = world.reconcile().status
     assert status.phase == "Failed"
-    assert c.get_condition(status.conditions, c.FAILED).reason == c.REASON_NO_SUCCESSFUL_TRIAL
+    condition = c.get_condition(status.conditions, c.FAILED)
+    assert condition is not None and condition.reason == c.REASON_NO_SUCCESSFUL_TRIAL
+    # The trainer's own words reach the task's condition, not only the trial's entry.
+    assert condition.message == "all 1 trials failed; tune-t0: TrainingFailed: nan loss"
 
 
 def test_suspend_cancels_running_trials():

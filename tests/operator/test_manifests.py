@@ -8,7 +8,7 @@ import pytest
 
 from kubetune.api import CredentialsSecretRef, TrainerSpec
 from kubetune.api.finetuningtask import RESERVED_ENV_NAMES
-from kubetune.contract import TRIAL_CONFIG_ENV, TrialConfig
+from kubetune.contract import TERMINATION_MESSAGE_ENV, TRIAL_CONFIG_ENV, TrialConfig
 from kubetune.decide.trialconfig import build_trial_config
 from kubetune.locations import ResolvedStorage
 from kubetune.manifests import job_manifest, job_name
@@ -149,6 +149,8 @@ def test_job_manifest():
     }
     assert env["AWS_ENDPOINT_URL_S3"]["value"] == "http://minio:9000"
     assert env["HF_HUB_OFFLINE"]["value"] == "1"
+    # The trainer writes its one-line message where the container's field says.
+    assert env[TERMINATION_MESSAGE_ENV]["value"] == container["terminationMessagePath"]
     assert set(env) - {"HF_HUB_OFFLINE"} <= set(RESERVED_ENV_NAMES)
 
 

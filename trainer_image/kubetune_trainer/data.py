@@ -17,6 +17,8 @@ import hashlib
 import json
 import logging
 import math
+import sys
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -25,6 +27,7 @@ from typing import Any
 
 from kubetune.contract import DataSpec
 from kubetune_trainer.errors import InputError
+from kubetune_trainer.memory import MIB, MemoryBudget, MemoryLimit, detect_memory_limit
 from kubetune_trainer.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -74,30 +77,67 @@ class _RowError(Exception):
     """A problem with one row; the reader adds the file and line."""
 
 
+MAX_LINE_BYTES = 64 * MIB
+"""No example needs more; a longer line is a file without newlines (a JSON array, a
+binary file), and reading it whole could take more memory than the container has."""
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def _decode(raw: bytes, display: str, line_number: int, offset: int) -> str:
+    """The line as text; UTF-16, Latin-1 and binary data fail naming the byte."""
+    if line_number == 1 and raw.startswith(_UTF16_BOMS):
+        raise InputError(f"{display}:1: UTF-16 text (byte-order mark at byte 0); save it as UTF-8")
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise InputError(
+            f"{display}:{line_number}: NUL byte at byte {offset + nul}: UTF-16 or binary "
+            "data, not UTF-8 text"
+        )
+    try:
+        # utf-8-sig: a byte-order mark some editors write at the start is not data.
+        return raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(
+            f"{display}:{line_number}: not UTF-8 text at byte {offset + error.start} "
+            f"({error.reason}); Latin-1 or another encoding? save it as UTF-8"
+        ) from None
+
+
 def _read_jsonl(path: Path, display: str) -> Iterator[tuple[str, dict[str, Any]]]:
     opener = gzip.open if path.name.endswith(".gz") else open
     line_number = 0
+    offset = 0  # in the uncompressed text, for messages about one byte
     try:
         with opener(path, "rb") as handle:
-            for line_number, raw in enumerate(handle, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as error:
+            while raw := handle.readline(MAX_LINE_BYTES + 1):
+                line_number += 1
+                if len(raw) > MAX_LINE_BYTES:
                     raise InputError(
-                        f"{display}:{line_number}: not UTF-8 text: {error.reason}"
-                    ) from None
+                        f"{display}:{line_number}: line longer than {MAX_LINE_BYTES} bytes; "
+                        "JSONL needs one JSON object per line"
+                    )
+                line = _decode(raw, display, line_number, offset)
+                offset += len(raw)
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise InputError(f"{display}:{line_number}: not valid JSON: {error}") from None
+                    cut = "" if raw.endswith(b"\n") else " (the last line ends early: truncated?)"
+                    raise InputError(
+                        f"{display}:{line_number}: not valid JSON: {error}{cut}"
+                    ) from None
                 if not isinstance(row, dict):
                     raise InputError(
                         f"{display}:{line_number}: expected a JSON object, got {type(row).__name__}"
                     )
                 yield f"{display}:{line_number}", row
-    except (OSError, EOFError) as error:
+    except EOFError:
+        raise InputError(
+            f"{display}: truncated: the compressed data ends after line {line_number}, "
+            "before the end of the gzip stream"
+        ) from None
+    except (OSError, zlib.error) as error:  # BadGzipFile is an OSError; corrupt data is not
         raise InputError(f"{display}:{line_number + 1}: cannot read: {error}") from None
 
 
@@ -208,10 +248,31 @@ def _examples_from_row(row: dict[str, Any], spec: DataSpec, skipped: Skipped) ->
     return [Example(anchor, positive, negative, score)]
 
 
+_EXAMPLE_OVERHEAD = sys.getsizeof(Example("", "")) + sys.getsizeof(vars(Example("", ""))) + 8
+"""An example object, its attribute dict and its pointer in the list."""
+
+
+def _example_size(example: Example) -> int:
+    """Bytes the example keeps alive: its texts, itself and its slot in the list."""
+    texts = sum(
+        sys.getsizeof(text)
+        for text in (example.anchor, example.positive, example.negative)
+        if text is not None
+    )
+    return texts + _EXAMPLE_OVERHEAD
+
+
 def read_examples(
-    storage: Storage, uris: list[str], spec: DataSpec, cache_dir: Path
+    storage: Storage,
+    uris: list[str],
+    spec: DataSpec,
+    cache_dir: Path,
+    budget: MemoryBudget | None = None,
 ) -> list[Example]:
-    """All examples in the files behind `uris`, in file order; skipped rows are logged."""
+    """All examples in the files behind `uris`, in file order; skipped rows are logged.
+    Each example kept is counted against `budget`, which stops the read with an
+    `InputError` once the data would not fit in memory."""
+    budget = budget or MemoryBudget(None)
     examples: list[Example] = []
     for uri in uris:
         for file_uri in storage.list_files(uri):
@@ -221,9 +282,12 @@ def read_examples(
             for location, row in read_rows(path, file_uri):
                 rows += 1
                 try:
-                    examples.extend(_examples_from_row(row, spec, skipped))
+                    found = _examples_from_row(row, spec, skipped)
                 except _RowError as error:
                     raise InputError(f"{location}: {error}") from None
+                for example in found:
+                    budget.add(_example_size(example), location)
+                examples.extend(found)
             if skipped.total:
                 log.warning(
                     "%s: skipped %d of %d rows: %s",
@@ -254,17 +318,24 @@ def _normalise_weights(
 
 
 def load_data(
-    spec: DataSpec, storage: Storage, cache_dir: Path, require_negative: bool = False
+    spec: DataSpec,
+    storage: Storage,
+    cache_dir: Path,
+    require_negative: bool = False,
+    memory: MemoryLimit | None = None,
 ) -> TrainEvalData:
     """Training and evaluation examples for a trial.
 
     `require_negative` (the triplet loss) drops examples without a hard negative, counted.
     `max_train_samples` / `max_eval_samples` keep the first N examples in file order.
+    Training and evaluation examples together may take a share of `memory` (default: the
+    container's limit, `memory.detect_memory_limit`); more is an `InputError`.
     """
-    examples = read_examples(storage, spec.train, spec, cache_dir)
+    budget = MemoryBudget(memory or detect_memory_limit())
+    examples = read_examples(storage, spec.train, spec, cache_dir, budget)
     if spec.validation is not None:
         train = examples
-        held_out = read_examples(storage, spec.validation, spec, cache_dir)
+        held_out = read_examples(storage, spec.validation, spec, cache_dir, budget)
     else:
         flags = [_held_out(example.anchor, spec.eval_fraction) for example in examples]
         train = [example for example, out in zip(examples, flags, strict=True) if not out]

@@ -38,6 +38,15 @@ def join_uri(base: str, name: str) -> str:
     return f"{base.rstrip('/')}/{name}"
 
 
+def _inside(directory: Path, relative: str, uri: str) -> Path:
+    """`directory / relative`, refusing an S3 key whose `..` parts would make a download
+    write outside the directory (S3 keys are plain strings, `..` included)."""
+    target = (directory / relative).resolve()
+    if not target.is_relative_to(directory.resolve()):
+        raise InputError(f"{uri}: the key leaves the download directory ('..' in the key)")
+    return target
+
+
 class Storage:
     """Reads and writes local paths and s3:// URIs. One instance per trial process."""
 
@@ -104,7 +113,7 @@ class Storage:
                 raise InputError(f"{uri}: not found")
             return path
         bucket, key = split_s3(uri)
-        target = cache_dir / bucket / key
+        target = _inside(cache_dir, f"{bucket}/{key}", uri)
         target.parent.mkdir(parents=True, exist_ok=True)
         self._s3_call("download", uri, self._s3.download_file, bucket, key, str(target))
         return target
@@ -123,7 +132,7 @@ class Storage:
         if not keys:
             raise InputError(f"{uri}: no objects under this prefix")
         for key in keys:
-            target = cache_dir / key[len(prefix) :]
+            target = _inside(cache_dir, key[len(prefix) :], f"s3://{bucket}/{key}")
             target.parent.mkdir(parents=True, exist_ok=True)
             self._s3_call(
                 "download", f"s3://{bucket}/{key}", self._s3.download_file, bucket, key, str(target)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 GROUP = "kubetune.dev"
@@ -30,8 +30,18 @@ Uri = Annotated[str, Field(min_length=2, max_length=1024, pattern=URI_PATTERN)]
 ShortText = Annotated[str, Field(max_length=256)]
 Message = Annotated[str, Field(max_length=4096)]
 
+
+def _scalar(value: Any) -> Any:
+    """Reject objects, lists and nulls with one message; without this, pydantic reports
+    the first member of the union (`...values.0.bool: Input should be a valid boolean`)."""
+    if not isinstance(value, bool | int | float | str):
+        raise ValueError(f"must be a number, string or boolean, not {type(value).__name__}")
+    return value
+
+
 ParamValue = Annotated[
     bool | int | float | str,
+    BeforeValidator(_scalar),
     WithJsonSchema(
         {
             "x-kubernetes-preserve-unknown-fields": True,

@@ -71,6 +71,7 @@ SEARCHABLE_PARAMETERS: dict[ParameterName, tuple[str, str, ParameterKind]] = {
 
 RESERVED_ENV_NAMES: tuple[str, ...] = (
     "KUBETUNE_TRIAL_CONFIG",
+    "KUBETUNE_TERMINATION_MESSAGE_PATH",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_ENDPOINT_URL",
@@ -250,7 +251,10 @@ class FixedHyperparameters(ApiModel):
     weight_decay: float | None = Field(default=None, ge=0, description="AdamW weight decay.")
     max_grad_norm: float | None = Field(default=None, gt=0, description="Gradient clipping norm.")
     max_seq_length: int | None = Field(
-        default=None, ge=8, le=8192, description="Token truncation length in training."
+        default=None,
+        ge=8,
+        le=8192,
+        description="Token truncation length in training (default: the model's own).",
     )
     precision: Precision | None = Field(
         default=None, description="`auto`, `fp32`, `bf16` or `fp16`."
@@ -503,14 +507,43 @@ class ResourceRequirements(ApiModel):
     requests: ResourceList | None = Field(default=None, description="Resource requests.")
 
 
-class Toleration(ApiModel):
-    """A Kubernetes toleration (as in a Pod spec)."""
+QUALIFIED_NAME_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+"""A label key or taint key, e.g. `nvidia.com/gpu`; `[.]`, not an escaped dot, as the
+pattern is also a CEL string literal, where `\\.` is not a valid escape."""
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
 
-    key: str | None = Field(default=None, max_length=317, description="Taint key.")
+
+class Toleration(ApiModel):
+    """A Kubernetes toleration (as in a Pod spec). The rules are the Pod's own, checked
+    here so that `kubectl apply` rejects them instead of every trial's Job."""
+
+    model_config = _rules(
+        _cel(
+            "has(self.key) || (has(self.operator) && self.operator == 'Exists')",
+            "a toleration without a key needs operator 'Exists'",
+        ),
+        _cel(
+            "!has(self.operator) || self.operator != 'Exists' || !has(self.value) "
+            "|| self.value == ''",
+            "a toleration with operator 'Exists' takes no value",
+        ),
+        _cel(
+            "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            "tolerationSeconds applies only to effect 'NoExecute'",
+        ),
+    )
+
+    key: str | None = Field(
+        default=None, max_length=317, pattern=QUALIFIED_NAME_PATTERN, description="Taint key."
+    )
     operator: Literal["Exists", "Equal"] | None = Field(
         default=None, description="`Exists` or `Equal` (default)."
     )
-    value: str | None = Field(default=None, max_length=63, description="Taint value.")
+    value: LabelValue | None = Field(default=None, description="Taint value.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty matches all."
     )
@@ -580,7 +613,21 @@ class TrainerSpec(ApiModel):
         default=None, description="Container resources, GPUs included."
     )
     node_selector: (
-        Annotated[dict[ShortText, Annotated[str, Field(max_length=63)]], Field(max_length=32)]
+        Annotated[
+            dict[ShortText, LabelValue],
+            Field(
+                max_length=32,
+                json_schema_extra={
+                    "x-kubernetes-validations": [
+                        _cel(
+                            f"self.all(k, k.matches('{QUALIFIED_NAME_PATTERN}'))",
+                            "nodeSelector keys must be label keys, e.g. "
+                            "'kubernetes.io/arch' or 'gpu-type'",
+                        )
+                    ]
+                },
+            ),
+        ]
         | None
     ) = Field(default=None, description="Node labels the Pod must match.")
     tolerations: Annotated[list[Toleration], Field(max_length=32)] | None = Field(

@@ -15,7 +15,9 @@ from kubetune.api.tunedmodel import TunedModelSpec, TunedModelStatus
 
 NAME_RULE = {
     "rule": "self.metadata.name.size() <= 63",
-    "message": "name must be at most 63 characters: it is used as a label value",
+    # The message names the field: the error's path is `<nil>`, as the schema has no
+    # `metadata` a `fieldPath` could point at.
+    "message": "metadata.name must be at most 63 characters: it is used as a label value",
 }
 
 

@@ -7,6 +7,7 @@ an iteration supersedes. Every call is idempotent so a crashed promotion can be 
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,14 @@ class S3Credentials:
 
 
 class Storage:
+    @classmethod
+    @functools.lru_cache(maxsize=64)
+    def for_credentials(cls, credentials: S3Credentials) -> Storage:
+        """One client per set of credentials: building a boto3 client costs tens of
+        milliseconds of CPU and megabytes, and clients are safe to share across threads.
+        A rotated key is a new set, so it gets a new client."""
+        return cls(credentials)
+
     def __init__(self, credentials: S3Credentials) -> None:
         self._client = boto3.client(
             "s3",

@@ -255,7 +255,8 @@ def _run(r: Reconcile) -> None:
     limit = spec.hyperparameters.max_failed_trials
     if limit is not None and failed > limit:
         message = f"{failed} trials failed, more than maxFailedTrials={limit}"
-        r.end(c.FAILED, c.REASON_MAX_FAILED_TRIALS, message)
+        message += _first_failure(status.trials)
+        r.end(c.FAILED, c.REASON_MAX_FAILED_TRIALS, message[:MESSAGE_LIMIT])
         return
     if spec.suspend:
         r.end(c.CANCELED, c.REASON_SUSPENDED, "suspended: running trials were stopped")
@@ -290,9 +291,21 @@ def _run(r: Reconcile) -> None:
         if spec.hyperparameters.early_stopping is not None:
             r.requeue(PROGRESS_POLL_SECONDS)
     elif best is None:
-        r.end(c.FAILED, c.REASON_NO_SUCCESSFUL_TRIAL, f"all {len(status.trials)} trials failed")
+        message = f"all {len(status.trials)} trials failed" + _first_failure(status.trials)
+        r.end(c.FAILED, c.REASON_NO_SUCCESSFUL_TRIAL, message[:MESSAGE_LIMIT])
     else:
         promotion.start(r, best)
+
+
+def _first_failure(trials: Sequence[TrialStatus]) -> str:
+    """The first failed trial's reason and message, so the task's Failed condition says
+    what went wrong (e.g. the trainer naming an empty data file) without a look at every
+    trial."""
+    failed = next((t for t in trials if t.phase == "Failed"), None)
+    if failed is None:
+        return ""
+    # The trainer's termination message starts with its reason ("BadInput: ...").
+    return f"; {failed.name}: {failed.message or failed.reason}"
 
 
 def _stop_hopeless(r: Reconcile) -> None:

@@ -11,9 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from kubetune.api import SEARCHABLE_PARAMETERS, FineTuningTaskSpec, ParamValue
+from kubetune.api.finetuningtask import (
+    FixedHyperparameters,
+    LoraSettings,
+    ParameterKind,
+)
+from kubetune.api.finetuningtask import LossSpec as ApiLossSpec
 from kubetune.contract import (
     PROGRESS_FILENAME,
     Hyperparameters,
@@ -23,7 +29,16 @@ from kubetune.contract import (
     sibling_uri,
 )
 
-_SECTION_MODELS = {"hyperparameters": Hyperparameters, "lora": LoraSpec, "loss": LossSpec}
+_SECTION_MODELS: dict[str, type[BaseModel]] = {
+    "hyperparameters": Hyperparameters,
+    "lora": LoraSpec,
+    "loss": LossSpec,
+}
+_API_SECTION_MODELS: dict[str, type[BaseModel]] = {
+    "hyperparameters": FixedHyperparameters,
+    "lora": LoraSettings,
+    "loss": ApiLossSpec,
+}
 
 
 def _snake(model: Any) -> dict[str, Any]:
@@ -88,17 +103,41 @@ def build_trial_config(
     return TrialConfig.model_validate(document)
 
 
+def _value_problem(name: str, kind: ParameterKind, value: Any) -> str | None:
+    """Why `value` cannot be a value of the parameter, or None. The limits are the API's
+    (those a fixed value meets, e.g. `learningRate <= 1`) and then the trainer's; types
+    are strict, so `true` is not taken for a learning rate of 1 nor "32" for a batch."""
+    expected = {"float": (int, float), "int": (int,), "str": (str,)}[kind]
+    if isinstance(value, bool) or not isinstance(value, expected):
+        wanted = {"float": "a number", "int": "an integer", "str": "a string"}[kind]
+        return f"{value!r}: must be {wanted}"
+    section, field, _ = SEARCHABLE_PARAMETERS[name]  # type: ignore[index]
+    for models in (_API_SECTION_MODELS, _SECTION_MODELS):
+        try:
+            models[section].model_validate({field: value})
+        except ValidationError as error:
+            return f"{value!r}: {error.errors(include_url=False)[0]['msg']}"
+    return None
+
+
 def search_space_problems(spec: FineTuningTaskSpec) -> list[str]:
-    """Categorical values the trainer would reject, e.g. `batchSize: ["large"]`."""
+    """Searched values the trainer or the API's own limits would reject, e.g.
+    `batchSize: ["large"]` or a learning-rate range up to 50. A range is checked at both
+    bounds (every limit is an interval), so no sample drawn later can be out of bounds."""
     problems = []
     for parameter in spec.hyperparameters.search_space:
-        if parameter.categorical is None:
+        kind = SEARCHABLE_PARAMETERS[parameter.name][2]
+        values: list[ParamValue]
+        if parameter.categorical is not None:
+            values = list(parameter.categorical.values)
+        elif parameter.float_range is not None:
+            values = [parameter.float_range.min, parameter.float_range.max]
+        elif parameter.int_range is not None:
+            values = [parameter.int_range.min, parameter.int_range.max]
+        else:
             continue
-        section, field, _ = SEARCHABLE_PARAMETERS[parameter.name]
-        for value in parameter.categorical.values:
-            try:
-                _SECTION_MODELS[section].model_validate({field: value})
-            except ValidationError as error:
-                first = error.errors(include_url=False)[0]["msg"]
-                problems.append(f"searchSpace {parameter.name}: {value!r}: {first}")
+        for value in values:
+            problem = _value_problem(parameter.name, kind, value)
+            if problem is not None:
+                problems.append(f"searchSpace {parameter.name}: {problem}")
     return problems
