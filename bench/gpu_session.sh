@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU measurements of docs/benchmarks.md, run from the repository root on the GPU machine:
 #   bash bench/gpu_session.sh OUT_DIR STAGE...
-#   (stages: check speed quality ddp ddp2 search-random search-tpe search-tpe-prune)
+#   (stages: check speed speed-ours quality ddp trial2 ddp2 sweep sweep-defaults profile profile2
+#    net ddp-variants search-random search-tpe search-tpe-prune)
 # Expects .bench/ (minilm/ as a sentence-transformers dir, debian-train.jsonl.gz,
 # debian-test.jsonl) and, where the machine lacks them, wheels in .whl/.
 set -u
@@ -48,12 +49,51 @@ print(torch.__version__, transformers.__version__, st.__version__, torch.cuda.de
             --skip-st --out "$out/ddp-2gpu.json" 2>&1 | tee "$out/ddp-2gpu.log"
         trial full torchrun --nproc-per-node 2
         ;;
+    trial2)
+        trial full torchrun --nproc-per-node 2
+        ;;
     ddp2)
         torchrun --nproc-per-node 2 bench/trainer_speed.py --data $data "${models[@]}" \
             --skip-st --out "$out/ddp-2gpu.json" 2>&1 | tee "$out/ddp-2gpu.log"
         torchrun --nproc-per-node 2 bench/trainer_speed.py --data $data "${models[@]}" \
             --skip-st --no-optimize-ddp --out "$out/ddp-2gpu-one-graph.json" 2>&1 |
             tee "$out/ddp-2gpu-one-graph.log"
+        ;;
+    sweep | sweep-defaults)
+        variants=(current reference reference-len128 reference-warmup reference-decay
+            reference-no-attn-dropout)
+        [[ $stage == sweep-defaults ]] && variants=(defaults)
+        python3 bench/quality_sweep.py --model .bench/minilm --train $data \
+            --test .bench/debian-test.jsonl "${variants[@]/#/--variant=}" \
+            --seeds ${SEEDS:-42 43 44} --parallel ${PARALLEL:-8} --work "/tmp/$stage" \
+            --out "$out/$stage.json" 2>&1 | grep -v Warn | tee "$out/$stage.log"
+        ;;
+    profile)
+        python3 bench/trainer_speed.py --data $data "${models[@]}" --skip-st --steps 5 \
+            --profile "$out/traces" 2>&1 | tee "$out/profile-1gpu.log"
+        ;;
+    profile2)
+        torchrun --nproc-per-node 2 bench/trainer_speed.py --data $data "${models[@]}" \
+            --skip-st --steps 5 --profile "$out/traces" ${DDP_FLAGS:-} 2>&1 |
+            tee "$out/profile-2gpu.log"
+        ;;
+    net)
+        nvidia-smi topo -m
+        torchrun --nproc-per-node 2 bench/allreduce_speed.py 2>&1 | tee "$out/net.log"
+        ;;
+    speed-ours)
+        python3 bench/trainer_speed.py --data $data "${models[@]}" --skip-st 2>&1 |
+            tee "$out/speed-ours.log"
+        ;;
+    ddp-variants)  # VARIANTS="name:flags;name:flags" (flags of bench/trainer_speed.py)
+        IFS=';' read -ra variants <<<"${VARIANTS:-default:}"
+        for variant in "${variants[@]}"; do
+            echo "--- ${variant%%:*}: ${variant#*:}" | tee -a "$out/ddp-variants.log"
+            # shellcheck disable=SC2086
+            torchrun --nproc-per-node 2 bench/trainer_speed.py --data $data "${models[@]}" \
+                --skip-st ${variant#*:} 2>&1 | tee -a "$out/ddp-variants.log" |
+                grep -A3 "^model "
+        done
         ;;
     search-random | search-tpe | search-tpe-prune)
         args=(--algorithm random)

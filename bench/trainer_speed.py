@@ -20,7 +20,9 @@ steady state after them: ours from the trainer's own logging windows, which end 
 synchronisation; sentence-transformers' between two synchronised trainer callbacks.
 
 Under `torchrun --nproc-per-node N` (with `--skip-st`), the script measures our trainer on N
-GPUs: every process runs its share of each batch and rank 0 prints the figures.
+GPUs: every process runs its share of each batch and rank 0 prints the figures; the
+`--ddp-*` and `--no-optimize-ddp` flags set the trainer's `GradientSync`. With `--profile DIR`
+it times nothing and instead profiles `--steps` steps after the warm-up (see `profile_ours`).
 
     python bench/trainer_speed.py --data debian-train.jsonl.gz \\
         --model minilm=path/to/all-MiniLM-L6-v2 --model bert-base=random
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import gzip
 import json
 import logging
 import shutil
@@ -50,7 +53,7 @@ from kubetune_trainer.losses import build_loss
 from kubetune_trainer.model import load_model
 from kubetune_trainer.storage import Storage
 from kubetune_trainer.tracking import LogPoint, Observer
-from kubetune_trainer.train import Trainer
+from kubetune_trainer.train import GradientSync, Trainer
 from kubetune_trainer.trial import Process
 
 DATASHEET_BF16_FLOPS = 989e12
@@ -149,14 +152,15 @@ class _Windows(Observer):
         self.points.append(point)
 
 
-def ours(
+def _trainer(
     model_dir: Path,
     examples: list[Example],
     args: argparse.Namespace,
     device: torch.device,
     process: Process,
-) -> tuple[float, int, float]:
-    """Kubetune's `Trainer`: (samples/s after warm-up, steps timed, warm-up seconds)."""
+    observer: Observer,
+) -> Trainer:
+    """Kubetune's `Trainer` on the bench's settings, for `--warmup` + `--steps` steps."""
     config = TrialConfig.model_validate(
         {
             "trial": {
@@ -185,9 +189,7 @@ def ours(
     model = load_model(model_dir, str(model_dir))
     model.encoder.to(device)
     data = TokenizedExamples(examples, model, args.max_length)
-    windows = _Windows()
-    started = time.perf_counter()
-    Trainer(
+    return Trainer(
         config=config,
         encoder=model.encoder,
         data=data,
@@ -195,14 +197,95 @@ def ours(
         device=device,
         amp_dtype=torch.bfloat16,
         evaluate=None,
-        observer=windows,
+        observer=observer,
         save_state=None,
-    ).run()
+        gradient_sync=GradientSync(
+            split_graph=not args.no_optimize_ddp,
+            bf16=args.ddp_bf16,
+            bucket_cap_mb=args.ddp_bucket_mb,
+            static_graph=args.ddp_static_graph,
+        ),
+    )
+
+
+def ours(
+    model_dir: Path,
+    examples: list[Example],
+    args: argparse.Namespace,
+    device: torch.device,
+    process: Process,
+) -> tuple[float, int, float]:
+    """Kubetune's `Trainer`: (samples/s after warm-up, steps timed, warm-up seconds)."""
+    windows = _Windows()
+    started = time.perf_counter()
+    _trainer(model_dir, examples, args, device, process, windows).run()
     total = time.perf_counter() - started
     timed = [point for point in windows.points if point.step > args.warmup]
     samples = len(timed) * args.log_every * args.batch_size
     seconds = sum(args.log_every * args.batch_size / point.samples_per_second for point in timed)
     return samples / seconds, len(timed) * args.log_every, total - seconds
+
+
+def profile_ours(
+    name: str,
+    model_dir: Path,
+    examples: list[Example],
+    args: argparse.Namespace,
+    device: torch.device,
+    process: Process,
+) -> None:
+    """Train `--warmup` steps, then profile `--steps` more (on every process; rank 0 reports):
+    a table of the costliest operations and a trace under `--profile`, and from the trace,
+    per step, the wall time, the time some kernel ran, and the time NCCL kernels ran with
+    and without a compute kernel beside them."""
+    trainer = _trainer(model_dir, examples, args, device, process, _Windows())
+    trainer.total_steps = args.warmup
+    trainer.run()
+    trainer.total_steps = args.warmup + args.steps
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as profiler:
+        trainer.run()
+    if not process.lead:
+        return
+    table = profiler.key_averages().table(sort_by="self_cuda_time_total", row_limit=25)
+    print(table)
+    trace = args.profile / f"trace-{name}-{process.world_size}gpu.json"
+    profiler.export_chrome_trace(str(trace))
+    print(json.dumps({"model": name, "gpus": process.world_size} | _timeline(trace, args.steps)))
+    with open(trace, "rb") as raw, gzip.open(f"{trace}.gz", "wb") as packed:
+        shutil.copyfileobj(raw, packed)
+    trace.unlink()
+
+
+def _union(intervals: list[tuple[float, float]]) -> float:
+    """Total length of the union of [start, end) intervals."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def _timeline(trace: Path, steps: int) -> dict[str, float]:
+    """Per-step milliseconds from a Chrome trace: wall (first to last kernel), some kernel
+    running, NCCL running, and NCCL running while no compute kernel does (exposed)."""
+    events = json.loads(trace.read_text())["traceEvents"]
+    kernels = [e for e in events if e.get("cat") == "kernel" and "dur" in e]
+    spans = [(e["ts"], e["ts"] + e["dur"]) for e in kernels]
+    nccl = [(e["ts"], e["ts"] + e["dur"]) for e in kernels if "nccl" in e["name"].lower()]
+    compute = [(e["ts"], e["ts"] + e["dur"]) for e in kernels if "nccl" not in e["name"].lower()]
+    wall = max(end for _, end in spans) - min(start for start, _ in spans)
+    exposed = _union(spans) - _union(compute)
+    per_step = 1e3 * steps  # trace times are microseconds
+    return {
+        "wall_ms": wall / per_step,
+        "gpu_busy_ms": _union(spans) / per_step,
+        "compute_busy_ms": _union(compute) / per_step,
+        "nccl_ms": _union(nccl) / per_step,
+        "nccl_exposed_ms": exposed / per_step,
+        "kernels_per_step": len(compute) / steps,
+    }
 
 
 def sentence_transformers_trainer(
@@ -280,12 +363,18 @@ def main() -> None:
     parser.add_argument(
         "--no-optimize-ddp",
         action="store_true",
-        help="compile one graph instead of one per DDP gradient bucket (an experiment)",
+        help="compile one graph instead of one per DDP gradient bucket",
+    )
+    parser.add_argument("--ddp-bf16", action="store_true", help="all-reduce bf16 gradients")
+    parser.add_argument("--ddp-bucket-mb", type=float, default=GradientSync.bucket_cap_mb)
+    parser.add_argument("--ddp-static-graph", action="store_true")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="profile --steps steps after --warmup into this directory instead of timing",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-
-    torch._dynamo.config.optimize_ddp = not args.no_optimize_ddp
     process = Process.from_environ()
     device = torch.device("cuda", process.local_rank)
     torch.cuda.set_device(device)
@@ -311,6 +400,10 @@ def main() -> None:
         else:
             models[name] = Path(where)
     for name, model_dir in models.items():
+        if args.profile is not None:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            profile_ours(name, model_dir, examples, args, device, process)
+            continue
         per_sample = flops_per_sample(model_dir, examples, args.max_length)
         trainers = ["kubetune"] + ([] if args.skip_st else ["sentence-transformers"])
         for trainer in trainers:
@@ -341,7 +434,7 @@ def main() -> None:
             )
             if lead:
                 print(json.dumps(asdict(figures[-1])), flush=True)
-    if lead:
+    if lead and figures:
         _report(figures, peak, device, args)
     if dist.is_initialized():
         dist.destroy_process_group()

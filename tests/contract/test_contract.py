@@ -53,7 +53,7 @@ def test_minimal_config_resolves_defaults() -> None:
     assert trial.loss.name == "mnrl"
     assert trial.learning_rate == 5e-5
     assert trial.hyperparameters.batch_size == 256
-    assert trial.hyperparameters.max_seq_length == 128
+    assert trial.hyperparameters.max_seq_length is None  # the model's own
     assert trial.loss.scale == 20.0
     assert trial.output.result_uri == "s3://runs/ml/debian/debian-0-3/result.json"
     assert trial.output.resume_uri == "s3://runs/ml/debian/debian-0-3/resume"

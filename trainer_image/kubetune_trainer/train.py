@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 from kubetune.contract import TrialConfig
 from kubetune_trainer.batching import Batch, BatchSchedule, TokenizedExamples
@@ -51,6 +52,22 @@ def total_steps(config: TrialConfig, train_size: int) -> int:
 
 
 @dataclass(frozen=True)
+class GradientSync:
+    """How several processes average their gradients (DistributedDataParallel).
+
+    `split_graph` lets `torch.compile` cut the compiled model at DDP's gradient buckets, so a
+    bucket's all-reduce can start while the backward of earlier layers still runs; without
+    it the whole model is one graph and every all-reduce waits for the end of the backward.
+    `bf16` sends gradients in bf16, half the bytes of fp32 (averaged in fp32 afterwards).
+    """
+
+    split_graph: bool = True
+    bf16: bool = False
+    bucket_cap_mb: float = 25.0
+    static_graph: bool = False
+
+
+@dataclass(frozen=True)
 class TrainOutcome:
     steps: int
     epochs: float
@@ -73,8 +90,10 @@ class Trainer:
         evaluate: Callable[[], dict[str, float]] | None,
         observer: Observer,
         save_state: Callable[[dict[str, Any]], None] | None,
+        gradient_sync: GradientSync = GradientSync(),
     ) -> None:
         hyper = config.hyperparameters
+        self.gradient_sync = gradient_sync
         self.config = config
         self.encoder = encoder
         self.data = data
@@ -120,13 +139,20 @@ class Trainer:
         """The encoder as the step calls it: DDP-wrapped with several processes, compiled on
         CUDA (on CPU, where tests run, compiling would cost more than it saves)."""
         module: torch.nn.Module = self.encoder
+        sync = self.gradient_sync
         if self.world_size > 1:
-            module = torch.nn.parallel.DistributedDataParallel(
+            ddp = torch.nn.parallel.DistributedDataParallel(
                 module,
                 device_ids=[self.device.index],
                 broadcast_buffers=False,
                 gradient_as_bucket_view=True,
+                bucket_cap_mb=sync.bucket_cap_mb,
+                static_graph=sync.static_graph,
             )
+            if sync.bf16:
+                ddp.register_comm_hook(None, default_hooks.bf16_compress_hook)
+            torch._dynamo.config.optimize_ddp = sync.split_graph
+            module = ddp
         if self.device.type == "cuda":
             return torch.compile(module)  # type: ignore[return-value]
         return module
@@ -170,7 +196,7 @@ class Trainer:
 
     def _backward(self, batch: Batch) -> torch.Tensor:
         cache = self.config.gradient_cache
-        max_length = self.config.hyperparameters.max_seq_length
+        max_length = self.data.max_length
         if cache.enabled:
             return cached_forward_backward(
                 self.encode,

@@ -166,6 +166,9 @@ def _run(
         model_dir = storage.local_dir(config.base_model, scratch / "base_model")
         model = load_model(model_dir, config.base_model)
         model.encoder.to(device)
+        if hyper.max_seq_length is None:
+            hyper = hyper.model_copy(update={"max_seq_length": model.eval_max_seq_length})
+            config = config.model_copy(update={"hyperparameters": hyper})
         retrieval = RetrievalSet.from_examples(data.eval)
         evaluator = RetrievalEvaluator(retrieval, model.eval_max_seq_length)
         log.info(

@@ -113,7 +113,7 @@ def main() -> int:
         base_model=config.base_model,
         train_data=config.data.train,
         validation_data=config.data.validation,
-        eval_max_seq_length=config.hyperparameters.max_seq_length,
+        eval_max_seq_length=config.hyperparameters.max_seq_length or 256,
         device="cpu",
         trainer_version=TRAINER_VERSION,
     )
