@@ -54,6 +54,7 @@ class WorkQueue:
         self._timers: dict[Key, asyncio.TimerHandle] = {}
         self.known: set[Key] = set()
         self._background: set[asyncio.Task[None]] = set()
+        self.closed = False
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run in the background, holding a reference so the task is not collected."""
@@ -87,7 +88,7 @@ class WorkQueue:
         try:
             if self.gate is not None:
                 await self.gate()
-            while True:
+            while not self.closed:  # shutting down: no new reconcile starts
                 self._dirty.discard(key)
                 try:
                     delay = await asyncio.get_running_loop().run_in_executor(
@@ -135,9 +136,15 @@ class Operator:
         gate = self.elector.wait_leader if self.elector else None
         # Reconciles mostly wait on the apiserver and S3, so many run at once; asyncio's
         # default pool (CPU count + 4 threads) would queue hundreds of new tasks behind a few.
-        workers = ThreadPoolExecutor(config.workers, thread_name_prefix="reconcile")
-        self.tasks = WorkQueue(FINE_TUNING_TASK.kind, self.reconciler.task, workers, gate)
-        self.models = WorkQueue(TUNED_MODEL.kind, self.reconciler.model, workers, gate)
+        self.workers = ThreadPoolExecutor(config.workers, thread_name_prefix="reconcile")
+        self.tasks = WorkQueue(FINE_TUNING_TASK.kind, self.reconciler.task, self.workers, gate)
+        self.models = WorkQueue(TUNED_MODEL.kind, self.reconciler.model, self.workers, gate)
+
+    def drain(self) -> None:
+        """Start no reconcile and wait for those in flight (blocking): after this, the
+        process writes nothing more, so a successor may take over."""
+        self.tasks.closed = self.models.closed = True
+        self.workers.shutdown(wait=True, cancel_futures=True)
 
 
 def _api_client() -> Any:
@@ -188,7 +195,10 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
-    if OPERATOR is not None and OPERATOR.elector is not None:
+    if OPERATOR is None:
+        return
+    await asyncio.to_thread(OPERATOR.drain)
+    if OPERATOR.elector is not None:
         try:
             await asyncio.to_thread(OPERATOR.elector.release)
         except (ApiException, OSError) as error:  # the standby then waits the lease out
