@@ -169,44 +169,43 @@ class Operator:
             self.popen.wait()
 
 
+def lineage(name: str, inputs: str, trials: int, parallel: int) -> list[dict[str, Any]]:
+    """A TunedModel `m-NAME` and a FineTuningTask `task-NAME` of `trials` trials, `parallel`
+    at a time, training on the placeholder files under `inputs` (the stand-in never reads
+    them)."""
+    return [
+        {
+            "apiVersion": "kubetune.dev/v1alpha1",
+            "kind": "TunedModel",
+            "metadata": {"name": f"m-{name}"},
+            "spec": {"baseModel": f"{inputs}/base/"},
+        },
+        {
+            "apiVersion": "kubetune.dev/v1alpha1",
+            "kind": "FineTuningTask",
+            "metadata": {"name": f"task-{name}"},
+            "spec": {
+                "modelRef": {"name": f"m-{name}"},
+                "dataset": {
+                    "train": [f"{inputs}/train.jsonl"],
+                    "validation": [f"{inputs}/dev.jsonl"],
+                },
+                "hyperparameters": {
+                    "fixed": {"batchSize": 16, "maxSteps": 8, "maxSeqLength": 48},
+                    "searchSpace": [
+                        {"name": "learningRate", "categorical": {"values": LEARNING_RATES[:trials]}}
+                    ],
+                    "parallelTrials": parallel,
+                },
+            },
+        },
+    ]
+
+
 def task_objects(n: int, trials: int, parallel: int) -> list[dict[str, Any]]:
     """One TunedModel per task, so tasks are independent lineages."""
-    objects: list[dict[str, Any]] = []
-    for i in range(n):
-        model, task = f"m-{i:04d}", f"task-{i:04d}"
-        objects.append(
-            {
-                "apiVersion": "kubetune.dev/v1alpha1",
-                "kind": "TunedModel",
-                "metadata": {"name": model},
-                "spec": {"baseModel": f"s3://{BUCKET}/base/"},
-            }
-        )
-        objects.append(
-            {
-                "apiVersion": "kubetune.dev/v1alpha1",
-                "kind": "FineTuningTask",
-                "metadata": {"name": task},
-                "spec": {
-                    "modelRef": {"name": model},
-                    "dataset": {
-                        "train": [f"s3://{BUCKET}/data/train.jsonl"],
-                        "validation": [f"s3://{BUCKET}/data/dev.jsonl"],
-                    },
-                    "hyperparameters": {
-                        "fixed": {"batchSize": 16, "maxSteps": 8, "maxSeqLength": 48},
-                        "searchSpace": [
-                            {
-                                "name": "learningRate",
-                                "categorical": {"values": LEARNING_RATES[:trials]},
-                            }
-                        ],
-                        "parallelTrials": parallel,
-                    },
-                },
-            }
-        )
-    return objects
+    inputs = f"s3://{BUCKET}"
+    return [o for i in range(n) for o in lineage(f"{i:04d}", inputs, trials, parallel)]
 
 
 def _time(stamp: str) -> datetime:
@@ -397,7 +396,7 @@ def main() -> None:
             region_name=info.s3_region,
         )
         s3.create_bucket(Bucket=BUCKET)
-        for key in ("base/config.json", "data/train.jsonl", "data/dev.jsonl"):
+        for key in ("base/config.json", "train.jsonl", "dev.jsonl"):
             s3.put_object(Bucket=BUCKET, Key=key, Body=b"{}\n")
         kubeconfig = operator_kubeconfig(info, kubectl)
         rounds = []

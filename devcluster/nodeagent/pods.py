@@ -18,6 +18,11 @@ from typing import Any
 
 from devcluster.nodeagent.podspec import ProcessSpec
 
+POD_NICENESS = 10
+"""Pod processes run at a lower CPU priority than the control plane: a real node keeps CPU
+for Kubernetes' own components (kube-reserved), and an operator does not share its cores
+with the training Pods; here they all share one machine."""
+
 
 def pods_root(state_dir: Path) -> Path:
     return state_dir / "pods"
@@ -127,6 +132,8 @@ class PodProcess:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
+        with contextlib.suppress(ProcessLookupError):  # it may have ended already
+            os.setpriority(os.PRIO_PROCESS, self.popen.pid, POD_NICENESS)
         (self.directory / "pgid").write_text(str(self.popen.pid))
         self.started_at = now
 

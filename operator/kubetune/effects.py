@@ -93,7 +93,9 @@ class Effects:
                 METRICS.trials_started.inc()
         elif isinstance(action, DeleteJob):
             self.kube.delete_job(namespace, action.name)
-        elif isinstance(action, ReserveIteration | UpdateLineage | DropIterations):
+        elif isinstance(action, ReserveIteration):
+            self._reserve_iteration(namespace, action)
+        elif isinstance(action, UpdateLineage | DropIterations):
             self._update_lineage(namespace, action)
         elif isinstance(action, CopyCheckpoint):
             storage = self.storage(namespace, action.storage)
@@ -126,26 +128,34 @@ class Effects:
                 f"{action.target_uri} (first: {wrong[0]})"
             )
 
-    def _update_lineage(
-        self, namespace: str, action: ReserveIteration | UpdateLineage | DropIterations
-    ) -> None:
+    def _reserve_iteration(self, namespace: str, action: ReserveIteration) -> None:
+        """No read first: the write is conditional on the version the decision read, so
+        when it succeeds the rest of the status is what the decision saw."""
+        patch = {"lastIteration": action.iteration}
+        self._patch_model_status(namespace, action.model, patch, action.resource_version)
+
+    def _update_lineage(self, namespace: str, action: UpdateLineage | DropIterations) -> None:
         body = self.kube.get(TUNED_MODEL.plural, namespace, action.model)
         if body is None:
             raise EffectError(f'TunedModel "{action.model}" not found')
-        version = (
-            action.resource_version
-            if isinstance(action, ReserveIteration)
-            else body["metadata"]["resourceVersion"]
-        )
         old = TunedModelStatus.model_validate(body.get("status") or {})
-        new = apply_to_model(old, action)
-        patch = merge_patch(old.to_json(), new.to_json())
-        if not patch:
-            return
+        patch = merge_patch(old.to_json(), apply_to_model(old, action).to_json())
+        if patch:
+            self._patch_model_status(
+                namespace, action.model, patch, body["metadata"]["resourceVersion"]
+            )
+
+    def _patch_model_status(
+        self, namespace: str, model: str, patch: dict[str, Any], version: str
+    ) -> None:
         try:
-            self.kube.patch_status(TUNED_MODEL.plural, namespace, action.model, patch, version)
+            self.kube.patch_status(TUNED_MODEL.plural, namespace, model, patch, version)
         except ConflictError as error:
             raise StaleReadError(str(error)) from error
+        except ApiException as error:
+            if error.status == 404:
+                raise EffectError(f'TunedModel "{model}" not found') from error
+            raise
 
     def read_json(self, namespace: str, resolved: ResolvedStorage, uri: str) -> Any | None:
         """The JSON document at `uri`; None when there is none."""

@@ -37,6 +37,7 @@ from kubetune.decide import (
     invalid_spec,
     needs_finalizer,
     observe_job,
+    pods_needed,
     progress_to_read,
     results_to_read,
 )
@@ -181,13 +182,14 @@ class Reconciler:
 
     def _observe_jobs(self, task: TaskObject, model: ModelObject | None) -> list[ObservedJob]:
         jobs = self.kube.task_jobs(task.namespace, task.name)
-        pods = self.kube.task_pods(task.namespace, task.name)
-        by_job: dict[str, list[dict[str, Any]]] = {}
-        for pod in pods:
-            job_name = (pod["metadata"].get("labels") or {}).get("job-name")
-            if job_name:
-                by_job.setdefault(job_name, []).append(pod)
-        observed = [observe_job(j, by_job.get(j["metadata"]["name"], [])) for j in jobs]
+        observed = [observe_job(j) for j in jobs]
+        if pods_needed(task.status, observed):
+            by_job: dict[str, list[dict[str, Any]]] = {}
+            for pod in self.kube.task_pods(task.namespace, task.name):
+                job_name = (pod["metadata"].get("labels") or {}).get("job-name")
+                if job_name:
+                    by_job.setdefault(job_name, []).append(pod)
+            observed = [observe_job(j, by_job.get(j["metadata"]["name"], [])) for j in jobs]
         reads = dict(results_to_read(task.status, observed))
         progress = dict(progress_to_read(task.spec, task.status, observed))
         if not (reads or progress) or model is None:

@@ -134,23 +134,23 @@ def operator(
         process.stop()
 
 
+def credentials_secret(info: ClusterInfo, namespace: str) -> dict[str, Any]:
+    """The Secret holding the devcluster's S3 keys, under the name the operator's defaults use."""
+    keys = {"AWS_ACCESS_KEY_ID": info.s3_access_key, "AWS_SECRET_ACCESS_KEY": info.s3_secret_key}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": CREDENTIALS_SECRET, "namespace": namespace},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in keys.items()},
+    }
+
+
 @pytest.fixture
 def tenant(
     namespace: str, core: client.CoreV1Api, devcluster: ClusterInfo, operator: OperatorProcess
 ) -> str:
     """A namespace with the S3 credentials Secret the operator's defaults name."""
-    core.create_namespaced_secret(
-        namespace,
-        {
-            "metadata": {"name": CREDENTIALS_SECRET},
-            "data": {
-                "AWS_ACCESS_KEY_ID": base64.b64encode(devcluster.s3_access_key.encode()).decode(),
-                "AWS_SECRET_ACCESS_KEY": base64.b64encode(
-                    devcluster.s3_secret_key.encode()
-                ).decode(),
-            },
-        },
-    )
+    core.create_namespaced_secret(namespace, credentials_secret(devcluster, namespace))
     return namespace
 
 

@@ -3,7 +3,6 @@ condition with a reason, a message and an Event, and the task proceeds once it i
 
 from __future__ import annotations
 
-import base64
 import json
 
 from kubernetes import client
@@ -15,6 +14,7 @@ from tests.e2e.fixtures import (
     E2eData,
     OperatorProcess,
     apply,
+    credentials_secret,
     fine_tuning_task,
     get,
     tuned_model,
@@ -62,18 +62,7 @@ def test_missing_model_and_secret_are_reported_then_resolved(
     assert f'Secret "{CREDENTIALS_SECRET}" not found' in condition["message"]
     assert any(CREDENTIALS_SECRET in w for w in _warnings(kubectl, namespace))
 
-    core.create_namespaced_secret(
-        namespace,
-        {
-            "metadata": {"name": CREDENTIALS_SECRET},
-            "data": {
-                "AWS_ACCESS_KEY_ID": base64.b64encode(devcluster.s3_access_key.encode()).decode(),
-                "AWS_SECRET_ACCESS_KEY": base64.b64encode(
-                    devcluster.s3_secret_key.encode()
-                ).decode(),
-            },
-        },
-    )
+    core.create_namespaced_secret(namespace, credentials_secret(devcluster, namespace))
     status = wait_phase(kubectl, namespace, "early", {"Succeeded", "Failed"})["status"]
     assert status["phase"] == "Succeeded", status
     ready = next(c for c in status["conditions"] if c["type"] == "InputsReady")

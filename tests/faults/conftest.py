@@ -4,7 +4,6 @@ that break the control plane itself, away from the suite's shared cluster."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 from collections.abc import Iterator
@@ -16,10 +15,11 @@ import boto3
 import pytest
 import yaml
 
+from bench.operator_scale import lineage
 from devcluster import cluster
 from devcluster.state import ClusterInfo
 from tests.conftest import Kubectl
-from tests.e2e.fixtures import CREDENTIALS_SECRET, STORAGE_BUCKET, OperatorProcess
+from tests.e2e.fixtures import STORAGE_BUCKET, OperatorProcess, credentials_secret
 
 REPO = Path(__file__).resolve().parents[2]
 STANDIN = REPO / "bench" / "standin"
@@ -42,18 +42,9 @@ class StandinCluster:
         )
 
     def tenant(self, namespace: str) -> None:
-        key, secret = self.info.s3_access_key, self.info.s3_secret_key
         objects = [
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": CREDENTIALS_SECRET, "namespace": namespace},
-                "data": {
-                    "AWS_ACCESS_KEY_ID": base64.b64encode(key.encode()).decode(),
-                    "AWS_SECRET_ACCESS_KEY": base64.b64encode(secret.encode()).decode(),
-                },
-            },
+            credentials_secret(self.info, namespace),
         ]
         self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
 
@@ -67,33 +58,7 @@ class StandinCluster:
 
 def standin_lineage(index: int, trials: int) -> list[dict[str, Any]]:
     """A TunedModel and one FineTuningTask of `trials` trials, all run at once."""
-    model, task = f"m-{index:02d}", f"task-{index:02d}"
-    rates = [1e-5 * (i + 1) for i in range(trials)]
-    return [
-        {
-            "apiVersion": "kubetune.dev/v1alpha1",
-            "kind": "TunedModel",
-            "metadata": {"name": model},
-            "spec": {"baseModel": f"{INPUTS}/base/"},
-        },
-        {
-            "apiVersion": "kubetune.dev/v1alpha1",
-            "kind": "FineTuningTask",
-            "metadata": {"name": task},
-            "spec": {
-                "modelRef": {"name": model},
-                "dataset": {
-                    "train": [f"{INPUTS}/train.jsonl"],
-                    "validation": [f"{INPUTS}/dev.jsonl"],
-                },
-                "hyperparameters": {
-                    "fixed": {"batchSize": 16, "maxSteps": 8},
-                    "searchSpace": [{"name": "learningRate", "categorical": {"values": rates}}],
-                    "parallelTrials": trials,
-                },
-            },
-        },
-    ]
+    return lineage(f"{index:02d}", INPUTS, trials, trials)
 
 
 @pytest.fixture(scope="package")

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from kubetune.api import PromotedIteration, TunedModelStatus
+from kubetune.api import FineTuningTaskStatus, PromotedIteration, TrialStatus, TunedModelStatus
 from kubetune.api import conditions as c
 from kubetune.decide import (
     DeleteStorage,
@@ -18,6 +18,7 @@ from kubetune.decide import (
     decide_model,
     deletion_actions,
     observe_job,
+    pods_needed,
 )
 from tests.operator.builders import DEFAULTS, NOW, model
 
@@ -72,6 +73,24 @@ def test_observe_job(the_job, pods, phase, exit_code, reason):
     assert observed.started_at == NOW
     if exit_code:
         assert observed.termination_message == "BadInput: no column 'anchor'"
+
+
+@pytest.mark.parametrize(
+    ("the_job", "trial_phase", "needed"),
+    [
+        (job(), "Pending", False),
+        (job(ready=1), "Running", False),
+        (job([{"type": "Complete", "status": "True"}]), "Running", False),
+        (job([{"type": "Failed", "status": "True"}]), "Running", True),
+        (job([{"type": "Failed", "status": "True"}]), "Failed", False),
+    ],
+)
+def test_pods_are_read_only_for_a_trial_that_has_just_failed(the_job, trial_phase, needed):
+    trial = TrialStatus(
+        index=2, name="tune-t2", phase=trial_phase, checkpoint_uri="s3://bucket/it/trials/2/ckpt/"
+    )
+    status = FineTuningTaskStatus(trials=[trial])
+    assert pods_needed(status, [observe_job(the_job)]) is needed
 
 
 def entry(iteration: int) -> PromotedIteration:

@@ -77,6 +77,14 @@ def observe_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) 
     )
 
 
+def pods_needed(status: FineTuningTaskStatus, jobs: Sequence[ObservedJob]) -> bool:
+    """Whether to read the task's Pods: only for what a Job does not say itself, the exit
+    code and termination message of a trial that has just failed (a Job reports running
+    Pods in `status.ready`)."""
+    unfinished = {t.name for t in status.trials if t.phase in ("Pending", "Running")}
+    return any(job.phase == "Failed" and job.name in unfinished for job in jobs)
+
+
 def results_to_read(
     status: FineTuningTaskStatus, jobs: Sequence[ObservedJob]
 ) -> list[tuple[str, str]]:
