@@ -461,6 +461,7 @@ def _default_service_account(info: ClusterInfo, ca: Path, token: str) -> bool:
 
 def down(state_dir: Path) -> None:
     """Stop everything a devcluster in ``state_dir`` started and remove its files."""
+    from devcluster.nodeagent.cpu import remove_pod_cgroup
     from devcluster.nodeagent.pods import kill_recorded_pods
 
     info = ClusterInfo.load(state_dir)
@@ -478,6 +479,7 @@ def down(state_dir: Path) -> None:
         for name in names:
             stop_group(info.processes[name])
     kill_recorded_pods(state_dir)
+    remove_pod_cgroup(state_dir)
     if state_dir.exists():
         shutil.rmtree(state_dir, ignore_errors=True)
 

@@ -24,6 +24,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
 from devcluster.nodeagent import podspec
+from devcluster.nodeagent.cpu import PodCpu
 from devcluster.nodeagent.pods import (
     PodProcess,
     decode_data,
@@ -113,6 +114,7 @@ class NodeAgent:
         self.cpus = cpus
         self.memory_gib = memory_gib
         self.cache = PodCache(core)
+        self.cpu = PodCpu(state_dir)
         self.processes: dict[str, PodProcess] = {}
         self.deleting: set[str] = set()
         self.config_retry_at: dict[str, float] = {}
@@ -365,7 +367,7 @@ class NodeAgent:
         else:
             process.restarts += 1
         try:
-            process.start(spec, now)
+            process.start(spec, now, self.cpu)
         except OSError as error:
             process.finished = True
             self._patch_status(

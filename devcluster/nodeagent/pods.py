@@ -16,12 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devcluster.nodeagent.cpu import PodCpu
 from devcluster.nodeagent.podspec import ProcessSpec
-
-POD_NICENESS = 10
-"""Pod processes run at a lower CPU priority than the control plane: a real node keeps CPU
-for Kubernetes' own components (kube-reserved), and an operator does not share its cores
-with the training Pods; here they all share one machine."""
 
 
 def pods_root(state_dir: Path) -> Path:
@@ -119,7 +115,7 @@ class PodProcess:
     def termination_log(self) -> Path:
         return self.directory / "termination-log"
 
-    def start(self, spec: ProcessSpec, now: str) -> None:
+    def start(self, spec: ProcessSpec, now: str, cpu: PodCpu) -> None:
         self.termination_log.write_text("")
         (self.directory / "home").mkdir(exist_ok=True)
         with self.log_path.open("ab") as log:
@@ -132,8 +128,7 @@ class PodProcess:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        with contextlib.suppress(ProcessLookupError):  # it may have ended already
-            os.setpriority(os.PRIO_PROCESS, self.popen.pid, POD_NICENESS)
+        cpu.lower(self.popen.pid)
         (self.directory / "pgid").write_text(str(self.popen.pid))
         self.started_at = now
 

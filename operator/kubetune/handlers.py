@@ -106,8 +106,10 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     OPERATOR.tasks.spawn(asyncio.to_thread(Storage.warm_up))
     if OPERATOR.elector is not None:
         OPERATOR.tasks.spawn(OPERATOR.elector.run())
+    # Only tasks are resynced: they depend on Jobs and S3 results, whose events may be
+    # missed; a TunedModel's decision depends on nothing but the object, so its own events
+    # are enough.
     OPERATOR.tasks.spawn(OPERATOR.tasks.resync(config.resync_seconds))
-    OPERATOR.models.spawn(OPERATOR.models.resync(config.resync_seconds))
 
 
 @kopf.on.cleanup()

@@ -6,10 +6,12 @@ import base64
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from kubernetes import client
 
+from devcluster.nodeagent.cpu import POD_CPU_SHARES, POD_NICENESS, pod_cgroup
 from devcluster.processes import is_alive
 from devcluster.state import ClusterInfo
 from tests.support import job_manifest, wait_for
@@ -41,6 +43,22 @@ def _devcluster_logs(info: ClusterInfo, namespace: str, pod: str) -> str:
 def _pid(pod: client.V1Pod) -> int:
     status = pod.status.container_statuses[0]
     return int(status.container_id.removeprefix("devcluster://"))
+
+
+def test_pod_processes_run_below_the_control_plane(
+    batch: client.BatchV1Api, core: client.CoreV1Api, namespace: str, devcluster: ClusterInfo
+) -> None:
+    script = "import os; print(os.nice(0)); print(open('/proc/self/cgroup').read())"
+    batch.create_namespaced_job(namespace, job_manifest("niced", ["python", "-c", script]))
+    wait_for(lambda: _job_condition(batch, namespace, "niced", "Complete"), "Job Complete")
+    (pod,) = _pods(core, namespace, "niced")
+    niceness, cgroups = _devcluster_logs(devcluster, namespace, pod.metadata.name).split("\n", 1)
+    assert int(niceness) == POD_NICENESS
+    cpu_cgroup = next(line for line in cgroups.splitlines() if line.split(":")[1] == "cpu")
+    assert cpu_cgroup.endswith(f"/{pod_cgroup(Path(devcluster.state_dir)).name}")
+    assert (pod_cgroup(Path(devcluster.state_dir)) / "cpu.shares").read_text().strip() == str(
+        POD_CPU_SHARES
+    )
 
 
 def test_job_completes_and_its_log_is_readable(
