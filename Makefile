@@ -3,6 +3,9 @@ KUBETUNE_CACHE ?= $(HOME)/.cache/kubetune
 VENV ?= $(KUBETUNE_CACHE)/venv
 PYTHON ?= $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Two pytest-xdist workers: most of an e2e test is waiting (on Jobs, leases, outages), so two
+# share the machine's cores well; tests sharing a cluster of their own stay on one worker.
+TEST_WORKERS ?= 2
 
 .PHONY: help install lint format generate verify test test-unit up down demo demo-down
 
@@ -27,7 +30,7 @@ verify: ## fail when generated files are stale
 	$(PYTHON) -m kubetune.crdgen --check
 
 test: lint ## the whole suite: lint, unit tests, and e2e tests on a devcluster it starts
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-unit: ## tests that need no cluster
 	$(PYTHON) -m pytest -m "not e2e" $(PYTEST_ARGS)

@@ -105,8 +105,23 @@ def kubectl(devcluster: ClusterInfo) -> Kubectl:
     return Kubectl(devcluster)
 
 
+SHARED_CLUSTER_GROUPS = ("demo", "helm", "faults")
+"""Test directories whose tests share a cluster of their own (package-scoped fixtures):
+under pytest-xdist each runs whole on one worker, and first, as they are the longest."""
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that use the cluster are e2e tests, so `-m "not e2e"` selects the fast ones."""
     for item in items:
         if "devcluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.e2e)
+        group = _shared_cluster_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    order = {group: rank for rank, group in enumerate(SHARED_CLUSTER_GROUPS)}
+    items.sort(key=lambda item: order.get(_shared_cluster_group(item) or "", len(order)))
+
+
+def _shared_cluster_group(item: pytest.Item) -> str | None:
+    parts = Path(str(item.path)).relative_to(Path(__file__).parent).parts
+    return parts[0] if len(parts) > 1 and parts[0] in SHARED_CLUSTER_GROUPS else None
