@@ -56,6 +56,7 @@ def _write(tmp_path: Path, name: str, content: bytes) -> Path:
         ("blank.jsonl", b"\n  \n\n"),
         ("empty.jsonl.gz", gzip.compress(b"")),
     ],
+    ids=["empty", "blank-lines", "empty-gzip"],  # stable across pytest-xdist workers
 )
 def test_an_empty_file_is_named(tmp_path: Path, name: str, content: bytes) -> None:
     path = _write(tmp_path, name, content)
