@@ -37,7 +37,7 @@ import boto3
 import psutil
 import yaml
 
-from devcluster import build, cluster
+from devcluster import build, cluster, crds
 from devcluster.audit import events, successful_creates
 from devcluster.state import ClusterInfo, free_port
 
@@ -386,8 +386,7 @@ def main() -> None:
     info = cluster.up(args.state_dir, gpus=10000, quiet=True)
     try:
         kubectl = Kubectl(info.kubeconfig)
-        kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        crds.install(info, REPO / "crds")
         s3 = boto3.client(
             "s3",
             endpoint_url=info.s3_endpoint,

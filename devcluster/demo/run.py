@@ -15,7 +15,7 @@ import boto3
 import yaml
 from botocore.exceptions import ClientError
 
-from devcluster import build, cluster
+from devcluster import build, cluster, crds
 from devcluster.chart_operator import CHART, operator_environment, service_account_kubeconfig
 from devcluster.demo.progress import progress_lines, summary_lines
 from devcluster.processes import is_alive, spawn
@@ -227,8 +227,7 @@ def demo_up(state_dir: Path, timeout: float) -> int:
     _say("starting the devcluster (reused if it runs)")
     info = cluster.up(state_dir)
     _say("installing the CRDs")
-    _kubectl(info, "apply", "--server-side", "-f", str(REPO / "crds"))
-    _kubectl(info, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    crds.install(info, REPO / "crds")
     _say(f"namespace {NAMESPACE} with the S3 credentials Secret")
     _tenant(info)
     _say(f"installing the chart in {RELEASE_NAMESPACE} (RBAC for {NAMESPACE} only)")

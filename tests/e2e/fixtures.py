@@ -22,6 +22,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from devcluster.crds import install as install_crds
 from devcluster.state import ClusterInfo, free_port
 from tests.conftest import Kubectl
 
@@ -40,9 +41,8 @@ class E2eData:
 
 
 @pytest.fixture(scope="session")
-def crds(kubectl: Kubectl) -> None:
-    kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+def crds(devcluster: ClusterInfo) -> None:
+    install_crds(devcluster, REPO / "crds")
 
 
 @pytest.fixture(scope="session")
@@ -166,9 +166,10 @@ def tuned_model(name: str, base_model: str, **spec: Any) -> dict[str, Any]:
 def fine_tuning_task(
     name: str, model: str, data: E2eData, learning_rates: list[float], **spec: Any
 ) -> dict[str, Any]:
-    """A small CPU-sized task: a few steps per trial, one trial per learning rate."""
+    """A small CPU-sized task: a few steps per trial, one trial per learning rate, evaluated
+    before and after training only."""
     hyperparameters = {
-        "fixed": {"batchSize": 16, "maxSteps": 4, "maxSeqLength": 48, "evalEverySteps": 2},
+        "fixed": {"batchSize": 16, "maxSteps": 4, "maxSeqLength": 48},
         "searchSpace": [{"name": "learningRate", "categorical": {"values": learning_rates}}],
         "parallelTrials": 2,
         **spec.pop("hyperparameters", {}),

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from bench.operator_scale import lineage
-from devcluster import cluster
+from devcluster import cluster, crds
 from devcluster.state import ClusterInfo
 from tests.conftest import Kubectl
 from tests.e2e.fixtures import STORAGE_BUCKET, OperatorProcess, credentials_secret
@@ -76,8 +76,7 @@ def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandinCluster
     try:
         operator = OperatorProcess(info, state_dir.parent / "operator.log")
         run = StandinCluster(info, operator, Kubectl(info))
-        run.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        run.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        crds.install(info, REPO / "crds")
         s3 = run.s3()
         s3.create_bucket(Bucket=STORAGE_BUCKET)
         prefix = INPUTS.removeprefix(f"s3://{STORAGE_BUCKET}/")
