@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kubetune_trainer.data import Example
-from kubetune_trainer.evaluation import RetrievalSet, ranking_metrics, search
+from kubetune_trainer.evaluation import RetrievalSet, length_batches, ranking_metrics, search
 
 
 def test_metrics_on_a_hand_built_ranking() -> None:
@@ -46,3 +46,11 @@ def test_search_is_exact_top_k_by_cosine() -> None:
     )
     queries = torch.nn.functional.normalize(torch.tensor([[0.0, 1.0], [1.0, 0.1]]), dim=-1)
     assert search(queries, corpus, k=100) == [[2, 1, 0], [0, 1, 2]]
+
+
+def test_batches_follow_length_and_stop_at_the_token_budget() -> None:
+    lengths = [30, 5, 200, 6, 7, 31]
+    assert length_batches(lengths, batch_size=128, max_tokens=None) == [[1, 3, 4, 0, 5, 2]]
+    assert length_batches(lengths, batch_size=2, max_tokens=None) == [[1, 3], [4, 0], [5, 2]]
+    # Padded to the batch's longest: 4 x 30 would pass 100 tokens, a lone text never waits.
+    assert length_batches(lengths, batch_size=128, max_tokens=100) == [[1, 3, 4], [0, 5], [2]]

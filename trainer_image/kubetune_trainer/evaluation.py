@@ -65,6 +65,32 @@ def ranking_metrics(
     return {name: total / len(relevant) for name, total in totals.items()}
 
 
+CPU_BATCH_TOKENS = 2048
+"""Padded tokens per evaluation batch on a CPU. A CPU's cost grows with every padded token
+and has no launch overhead to spread, so batches stay small and close to their texts'
+lengths (on 200 Debian documents: 2.8 s against 4.7 s for batches of 128)."""
+
+
+def length_batches(
+    lengths: Sequence[int], batch_size: int, max_tokens: int | None
+) -> list[list[int]]:
+    """Indices sorted by length, cut into batches of at most `batch_size` texts and, when
+    `max_tokens` is given, at most that many tokens once padded to the batch's longest."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        padded = (len(current) + 1) * lengths[index]
+        if current and (
+            len(current) == batch_size or (max_tokens is not None and padded > max_tokens)
+        ):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
 @torch.inference_mode()
 def encode(
     model: EmbeddingModel,
@@ -73,18 +99,16 @@ def encode(
     amp_dtype: torch.dtype | None,
     max_length: int,
     batch_size: int = 128,
+    max_batch_tokens: int | None = None,
 ) -> Tensor:
     """Unit-length embeddings [N, D] (fp32), batched by length so padding stays small."""
     token_ids = model.tokenize(texts, max_length)
-    order = sorted(range(len(texts)), key=lambda i: len(token_ids[i]))
+    batches = length_batches([len(ids) for ids in token_ids], batch_size, max_batch_tokens)
     was_training = model.encoder.training
     model.encoder.eval()
     chunks = []
-    for start in range(0, len(order), batch_size):
-        features = pad(
-            [token_ids[i] for i in order[start : start + batch_size]], model.pad_token_id
-        )
-        features = features.to(device)
+    for batch in batches:
+        features = pad([token_ids[i] for i in batch], model.pad_token_id).to(device)
         with torch.autocast(
             device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
         ):
@@ -92,6 +116,7 @@ def encode(
         chunks.append(torch.nn.functional.normalize(embeddings.float(), dim=-1))
     model.encoder.train(was_training)
     embeddings = torch.cat(chunks)
+    order = [index for batch in batches for index in batch]
     result = torch.empty_like(embeddings)
     result[torch.tensor(order, device=embeddings.device)] = embeddings
     return result
@@ -120,10 +145,9 @@ class RetrievalEvaluator:
     def __call__(
         self, model: EmbeddingModel, device: torch.device, amp_dtype: torch.dtype | None
     ) -> dict[str, float]:
-        queries = encode(
-            model, self.data.queries, device, amp_dtype, self.max_length, self.batch_size
-        )
-        corpus = encode(
-            model, self.data.corpus, device, amp_dtype, self.max_length, self.batch_size
+        max_tokens = CPU_BATCH_TOKENS if device.type == "cpu" else None
+        queries, corpus = (
+            encode(model, texts, device, amp_dtype, self.max_length, self.batch_size, max_tokens)
+            for texts in (self.data.queries, self.data.corpus)
         )
         return ranking_metrics(search(queries, corpus, TOP_K), self.data.relevant)
