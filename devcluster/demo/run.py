@@ -30,6 +30,8 @@ BUCKET = "kubetune"
 CREDENTIALS_SECRET = "s3-credentials"
 MAX_STEPS_ENV = "KUBETUNE_DEMO_MAX_STEPS"
 """Set to shrink every trial (CI runs the demo with a handful of steps)."""
+MAX_EVAL_SAMPLES_ENV = "KUBETUNE_DEMO_MAX_EVAL_SAMPLES"
+"""Set to evaluate on the first N held-out pairs only (CI: evaluation dominates its trials)."""
 
 
 def _say(message: str) -> None:
@@ -167,12 +169,16 @@ def _tenant(info: ClusterInfo) -> None:
 def _quickstart_manifests() -> str:
     documents = [yaml.safe_load(p.read_text()) for p in sorted(QUICKSTART.glob("*.yaml"))]
     max_steps = os.environ.get(MAX_STEPS_ENV)
-    if max_steps:
-        for document in documents:
-            if document["kind"] == "FineTuningTask":
-                fixed = document["spec"]["hyperparameters"]["fixed"]
-                fixed["maxSteps"] = int(max_steps)
-                fixed["evalEverySteps"] = int(max_steps)
+    max_eval_samples = os.environ.get(MAX_EVAL_SAMPLES_ENV)
+    for document in documents:
+        if document["kind"] != "FineTuningTask":
+            continue
+        if max_steps:
+            fixed = document["spec"]["hyperparameters"]["fixed"]
+            fixed["maxSteps"] = int(max_steps)
+            fixed["evalEverySteps"] = int(max_steps)
+        if max_eval_samples:
+            document["spec"]["dataset"]["maxEvalSamples"] = int(max_eval_samples)
     return yaml.safe_dump_all(documents)
 
 

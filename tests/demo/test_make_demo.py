@@ -34,7 +34,12 @@ def _writers(state_dir: Path, verb: str, resource: str, subresource: str = "") -
 @pytest.mark.e2e
 def test_make_demo_runs_an_iteration_and_demo_down_cleans_up(tmp_path: Path) -> None:
     state_dir = tmp_path / "demo"
-    env = {**os.environ, "DEVCLUSTER_STATE_DIR": str(state_dir), "KUBETUNE_DEMO_MAX_STEPS": "2"}
+    env = {
+        **os.environ,
+        "DEVCLUSTER_STATE_DIR": str(state_dir),
+        "KUBETUNE_DEMO_MAX_STEPS": "2",
+        "KUBETUNE_DEMO_MAX_EVAL_SAMPLES": "100",
+    }
     try:
         run = subprocess.run(
             ["make", "demo"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500
