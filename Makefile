@@ -5,7 +5,7 @@ PYTHON ?= $(VENV)/bin/python
 PYTEST_ARGS ?=
 # Two pytest-xdist workers: e2e tests partly wait (on Jobs, leases, outages) while another
 # runs; on 2 cores the real trainers keep both busy, so the gain is small (27.9 min against
-# 30). Tests sharing a cluster of their own stay on one worker.
+# 30). Tests sharing a cluster of their own stay on one worker (tests/conftest.py).
 TEST_WORKERS ?= 2
 
 .PHONY: help install lint format generate verify test test-unit up down demo demo-down
@@ -31,7 +31,7 @@ verify: ## fail when generated files are stale
 	$(PYTHON) -m kubetune.crdgen --check
 
 test: lint ## the whole suite: lint, unit tests, and e2e tests on a devcluster it starts
-	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-unit: ## tests that need no cluster
 	$(PYTHON) -m pytest -m "not e2e" $(PYTEST_ARGS)

@@ -15,6 +15,7 @@ from pathlib import Path
 import boto3
 import pytest
 from kubernetes import client, config
+from xdist.scheduler import LoadScopeScheduling
 
 from devcluster import build, cluster
 from devcluster.state import ClusterInfo
@@ -115,13 +116,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "devcluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.e2e)
-        group = _shared_cluster_group(item)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
     order = {group: rank for rank, group in enumerate(SHARED_CLUSTER_GROUPS)}
-    items.sort(key=lambda item: order.get(_shared_cluster_group(item) or "", len(order)))
+    items.sort(key=lambda item: order.get(shared_cluster_group(item.nodeid) or "", len(order)))
 
 
-def _shared_cluster_group(item: pytest.Item) -> str | None:
-    parts = Path(str(item.path)).relative_to(Path(__file__).parent).parts
-    return parts[0] if len(parts) > 1 and parts[0] in SHARED_CLUSTER_GROUPS else None
+def shared_cluster_group(nodeid: str) -> str | None:
+    """`helm` for `tests/helm/test_x.py::test_y`; None outside the shared-cluster groups."""
+    parts = nodeid.split("::", 1)[0].split("/")
+    in_tests = len(parts) > 2 and parts[0] == "tests"
+    return parts[1] if in_tests and parts[1] in SHARED_CLUSTER_GROUPS else None
+
+
+class SharedClusterScheduling(LoadScopeScheduling):
+    """Each shared-cluster group goes whole to one worker; every other test on its own.
+    (pytest-xdist's `loadgroup` cannot be used: it renames items to group them, which
+    pytest 9 ignores.)"""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return shared_cluster_group(nodeid) or nodeid
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> SharedClusterScheduling:
+    return SharedClusterScheduling(config, log)
