@@ -3,7 +3,8 @@
 Why: the CPU tests compare the packed BERT path with the Hugging Face forward through the
 padded SDPA fallback; on CUDA the packed path runs FlashAttention's variable-length kernel
 instead, and compiled. This compares, on one real batch in bf16 with dropout off, the
-embeddings and the loss gradients of the packed path (eager and compiled) with the Hugging
+embeddings and the loss gradients of the packed path (eager, compiled, and compiled with
+CUDA graphs over a batch padded with dummy texts, as the trainer runs it) with the Hugging
 Face padded forward, as relative errors ||x - ref|| / ||ref||; bf16 lands near 1e-3 to 1e-2.
 With dropout on (training mode), it compares how far each path's embeddings move from the
 dropout-free ones (the packed path has hidden dropout but none on the attention
@@ -46,8 +47,9 @@ def main() -> None:
     examples = examples[: args.batch_size]
     model = load_model(args.model, str(args.model))
     model.encoder.to(device).eval()
-    batch = TokenizedExamples(examples, model, 128).collate(list(range(len(examples))))
-    batch = batch.to(device)
+    data = TokenizedExamples(examples, model, 128)
+    batch = data.collate(list(range(len(examples)))).to(device)
+    graph_batch = data.collate(list(range(len(examples))), graph_shapes=True).to(device)
     texts = [e.anchor for e in examples] + [e.positive for e in examples]
     padded = pad(model.tokenize(texts, 128), model.pad_token_id).to(device)
     loss_fn = build_loss("mnrl", LossSpec())
@@ -62,7 +64,7 @@ def main() -> None:
             p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
             for p in parameters
         ]
-        return embeddings.detach(), grads
+        return embeddings.detach().clone(), grads
 
     def reference() -> torch.Tensor:
         return model.encoder.embed_padded(padded.input_ids, padded.attention_mask)
@@ -75,10 +77,27 @@ def main() -> None:
     def packed_compiled() -> torch.Tensor:
         return embed(compiled, batch.texts, 128)
 
+    graphs = torch.compile(model.encoder, mode="reduce-overhead")
+
+    def packed_graphs() -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()
+        return embed(graphs, graph_batch.texts, 128)
+
     ref_embeddings, ref_grads = run(reference)
     print(f"real tokens {batch.texts.tokens} in {len(batch.texts)} texts")
-    for name, forward in (("packed eager", packed_eager), ("packed compiled", packed_compiled)):
-        embeddings, grads = run(forward)
+    print(
+        f"with dummies: {graph_batch.texts.offsets[-1]} tokens in "
+        f"{len(graph_batch.texts.offsets) - 1} texts"
+    )
+    paths = (
+        ("packed eager", packed_eager, 1),
+        ("packed compiled", packed_compiled, 1),
+        # cudagraph trees warm up on the first call, record on the second, replay after
+        ("packed compiled, CUDA graphs, 3rd call", packed_graphs, 3),
+    )
+    for name, forward, calls in paths:
+        for _ in range(calls):
+            embeddings, grads = run(forward)
         flat = torch.cat([g.flatten() for g in grads])
         ref_flat = torch.cat([g.flatten() for g in ref_grads])
         print(

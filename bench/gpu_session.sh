@@ -2,7 +2,7 @@
 # The GPU measurements of docs/benchmarks.md, run from the repository root on the GPU machine:
 #   bash bench/gpu_session.sh OUT_DIR STAGE...
 #   (stages: check speed speed-ours quality ddp trial2 ddp2 sweep sweep-defaults profile profile2
-#    net ddp-variants search-random search-tpe search-tpe-prune)
+#    net scaling ddp-variants search-random search-tpe search-tpe-prune)
 # Expects .bench/ (minilm/ as a sentence-transformers dir, debian-train.jsonl.gz,
 # debian-test.jsonl) and, where the machine lacks them, wheels in .whl/.
 set -u
@@ -81,9 +81,17 @@ print(torch.__version__, transformers.__version__, st.__version__, torch.cuda.de
         nvidia-smi topo -m
         torchrun --nproc-per-node 2 bench/allreduce_speed.py 2>&1 | tee "$out/net.log"
         ;;
-    speed-ours)
-        python3 bench/trainer_speed.py --data $data "${models[@]}" --skip-st 2>&1 |
-            tee "$out/speed-ours.log"
+    speed-ours)  # SPEED_FLAGS: more flags of bench/trainer_speed.py, e.g. --cuda-graphs
+        # shellcheck disable=SC2086
+        python3 bench/trainer_speed.py --data $data "${models[@]}" --skip-st ${SPEED_FLAGS:-} \
+            2>&1 | tee -a "$out/speed-ours.log"
+        ;;
+    scaling)  # one GPU, then two, on the same machine; SPEED_FLAGS as for speed-ours
+        for gpus in 1 2; do
+            # shellcheck disable=SC2086
+            torchrun --nproc-per-node $gpus bench/trainer_speed.py --data $data "${models[@]}" \
+                --skip-st ${SPEED_FLAGS:-} 2>&1 | tee -a "$out/scaling.log"
+        done
         ;;
     ddp-variants)  # VARIANTS="name:flags;name:flags" (flags of bench/trainer_speed.py)
         IFS=';' read -ra variants <<<"${VARIANTS:-default:}"

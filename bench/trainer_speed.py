@@ -21,8 +21,10 @@ synchronisation; sentence-transformers' between two synchronised trainer callbac
 
 Under `torchrun --nproc-per-node N` (with `--skip-st`), the script measures our trainer on N
 GPUs: every process runs its share of each batch and rank 0 prints the figures; the
-`--ddp-*` and `--no-optimize-ddp` flags set the trainer's `GradientSync`. With `--profile DIR`
-it times nothing and instead profiles `--steps` steps after the warm-up (see `profile_ours`).
+`--ddp-*` and `--no-optimize-ddp` flags set the trainer's `GradientSync`, which applies only
+without `--cuda-graphs` (with CUDA graphs there is no DDP wrapper).
+With `--profile DIR` it times nothing and instead profiles `--steps` steps after the warm-up
+(see `profile_ours`).
 
     python bench/trainer_speed.py --data debian-train.jsonl.gz \\
         --model minilm=path/to/all-MiniLM-L6-v2 --model bert-base=random
@@ -205,6 +207,7 @@ def _trainer(
             bucket_cap_mb=args.ddp_bucket_mb,
             static_graph=args.ddp_static_graph,
         ),
+        cuda_graphs=args.cuda_graphs,
     )
 
 
@@ -368,6 +371,11 @@ def main() -> None:
     parser.add_argument("--ddp-bf16", action="store_true", help="all-reduce bf16 gradients")
     parser.add_argument("--ddp-bucket-mb", type=float, default=GradientSync.bucket_cap_mb)
     parser.add_argument("--ddp-static-graph", action="store_true")
+    parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="replay the compiled forward and backward as CUDA graphs (padded batches)",
+    )
     parser.add_argument(
         "--profile",
         type=Path,

@@ -29,6 +29,8 @@ from kubetune_trainer.data import Example
 from kubetune_trainer.model import EmbeddingModel
 
 PAD_MULTIPLE = 16
+GRAPH_TEXT_MULTIPLE = 16
+"""With CUDA graphs, a packed batch's text count is padded to a multiple of this."""
 
 
 @dataclass
@@ -62,17 +64,21 @@ class Packed:
     """Texts end to end: token ids, each token's position in its text and the text it belongs
     to ([tokens]), and the texts' start offsets plus the total (`cu_seqlens`, [texts + 1],
     int32, as FlashAttention's variable-length kernels take them). `offsets` is the same as
-    `cu_seqlens` on the host, so slicing a packed batch never waits for the device."""
+    `cu_seqlens` on the host, so slicing a packed batch never waits for the device.
+    The last `dummies` texts are padding (see `graph_padding`): `len` and `tokens` count
+    the real texts only."""
 
     input_ids: Tensor
     position_ids: Tensor
     sequence_index: Tensor
     cu_seqlens: Tensor
     offsets: tuple[int, ...]
+    dummies: int = 0
 
     @classmethod
-    def from_arrays(cls, input_ids: np.ndarray, lengths: np.ndarray) -> Packed:
-        """Pack the concatenated token ids of texts of the given lengths."""
+    def from_arrays(cls, input_ids: np.ndarray, lengths: np.ndarray, dummies: int = 0) -> Packed:
+        """Pack the concatenated token ids of texts of the given lengths (the last `dummies`
+        of them padding)."""
         cu = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=cu[1:])
         starts = np.repeat(cu[:-1], lengths)
@@ -82,14 +88,15 @@ class Packed:
             sequence_index=torch.from_numpy(np.repeat(np.arange(len(lengths)), lengths)),
             cu_seqlens=torch.from_numpy(cu.astype(np.int32)),
             offsets=tuple(cu.tolist()),
+            dummies=dummies,
         )
 
     def __len__(self) -> int:
-        return len(self.offsets) - 1
+        return len(self.offsets) - 1 - self.dummies
 
     @property
     def tokens(self) -> int:
-        return self.offsets[-1]
+        return self.offsets[len(self)]
 
     def to(self, device: torch.device) -> Packed:
         """A copy on `device`; from pinned host memory on CUDA, so the copy does not block."""
@@ -105,10 +112,11 @@ class Packed:
             move(self.sequence_index),
             move(self.cu_seqlens),
             self.offsets,
+            self.dummies,
         )
 
     def rows(self, start: int, stop: int) -> Packed:
-        """Texts `start` to `stop` (exclusive), repacked from offset 0."""
+        """Texts `start` to `stop` (exclusive), repacked from offset 0, without padding."""
         first, last = self.offsets[start], self.offsets[stop]
         return Packed(
             self.input_ids[first:last],
@@ -117,6 +125,32 @@ class Packed:
             self.cu_seqlens[start : stop + 1] - first,
             tuple(offset - first for offset in self.offsets[start : stop + 1]),
         )
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def graph_padding(tokens: int, texts: int, max_length: int) -> np.ndarray:
+    """Lengths of the dummy texts that pad a packed batch to a shape a CUDA graph was recorded
+    for, so that a few graphs serve every step.
+
+    The token count is rounded up to a multiple of a power of two between 1/64 and 1/32 of
+    it (at least 16, so Triton's divisibility specialisation is the same for every size):
+    padding adds at most about 3% of the tokens, and a run sees a handful of distinct sizes.
+    The text count is rounded up to a multiple of `GRAPH_TEXT_MULTIPLE`, with at least one
+    dummy. Every dummy holds 1 to `max_length` tokens, so it attends only to itself within
+    the attention kernel's fixed bound, and is dropped after pooling: the real texts'
+    embeddings, and every gradient, are
+    those of the unpadded batch.
+    """
+    step = max(16, 1 << max(0, tokens.bit_length() - 6))
+    fewest = -(-step // max(1, max_length - 1))  # so no dummy needs more than max_length
+    count = _round_up(texts + fewest, GRAPH_TEXT_MULTIPLE) - texts
+    pad = _round_up(tokens + count, step) - tokens
+    lengths = np.full(count, pad // count, dtype=np.int64)
+    lengths[: pad % count] += 1
+    return lengths
 
 
 @dataclass
@@ -216,8 +250,11 @@ class TokenizedExamples:
     def __len__(self) -> int:
         return len(self.anchors)
 
-    def collate(self, indices: list[int], rank: int = 0, world_size: int = 1) -> Batch:
-        """Process `rank`'s contiguous share of the step's batch `indices`."""
+    def collate(
+        self, indices: list[int], rank: int = 0, world_size: int = 1, graph_shapes: bool = False
+    ) -> Batch:
+        """Process `rank`'s contiguous share of the step's batch `indices`; with
+        `graph_shapes`, its texts are padded with dummies (`graph_padding`)."""
         parts = np.array_split(np.asarray(indices, dtype=np.int64), world_size)
         negative_shares = tuple(int((self.negative_row[part] >= 0).sum()) for part in parts)
         mine = parts[rank]
@@ -226,9 +263,17 @@ class TokenizedExamples:
         pieces = [self.anchors.gather(mine), self.positives.gather(mine)]
         if len(owners):
             pieces.append(self.negatives.gather(self.negative_row[mine[owners]]))
+        dummies = 0
+        if graph_shapes:
+            tokens = sum(len(ids) for ids, _ in pieces)
+            lengths = graph_padding(tokens, sum(len(part) for _, part in pieces), self.max_length)
+            # any token id serves: the dummies' outputs are dropped
+            pieces.append((np.zeros(int(lengths.sum()), dtype=np.int32), lengths))
+            dummies = len(lengths)
         texts = Packed.from_arrays(
             np.concatenate([ids for ids, _ in pieces]),
             np.concatenate([lengths for _, lengths in pieces]),
+            dummies,
         )
         rows = torch.from_numpy(mine)
         return Batch(

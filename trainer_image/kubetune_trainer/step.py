@@ -44,12 +44,15 @@ def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.auto
 
 
 def embed(encoder: EncodeFn, texts: Packed, max_length: int) -> Tensor:
-    """Embeddings [texts, D] of packed texts. The token and text counts change every step;
-    marking them dynamic lets `torch.compile` build one graph for all of them."""
+    """Embeddings [texts, D] of packed texts (dummy texts dropped). The token and text counts
+    change every step; marking them dynamic lets `torch.compile` build one graph for all of
+    them (with CUDA graphs, one compiled graph still serves all; a CUDA graph is recorded per
+    padded shape)."""
     tensors = (texts.input_ids, texts.position_ids, texts.sequence_index, texts.cu_seqlens)
     for tensor in tensors:
         torch._dynamo.maybe_mark_dynamic(tensor, 0)
-    return encoder(*tensors, max_length)
+    embeddings = encoder(*tensors, max_length)
+    return embeddings[: len(texts)] if texts.dummies else embeddings
 
 
 def _gather(tensor: Tensor, shares: tuple[int, ...]) -> Tensor:

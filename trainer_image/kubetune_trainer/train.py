@@ -3,8 +3,13 @@
 AdamW (fused on CUDA; no weight decay on biases and norm weights), linear warmup then linear
 decay to zero, autocast in the trial's precision (a loss scaler only for fp16), gradient
 clipping, and optionally gradient caching. On CUDA the encoder's packed forward is compiled
-(`torch.compile`, one dynamic-shape graph) and, with several processes, wrapped in
-DistributedDataParallel. Nothing in an ordinary step waits for the accelerator: batches come
+(`torch.compile`, one dynamic-shape graph) and, with `cuda_graphs` (off by default: on
+BERT-base it measured slower, docs/benchmarks.md), replayed as CUDA graphs: each
+batch is padded with dummy texts to one of a few shapes (`batching.graph_padding`), and the
+host issues a whole forward or backward as one replay instead of hundreds of kernel launches.
+With several processes, gradients are then averaged in one all-reduce after the backward;
+without CUDA graphs (or with gradient caching) the encoder is wrapped in
+DistributedDataParallel instead. Nothing in an ordinary step waits for the accelerator: batches come
 from pre-tokenized arrays through pinned memory, and the loss stays on the device until a
 logging step reads it, so the host queues the next step while the GPU runs this one.
 Evaluation and resumable state saves happen every N steps as configured; `Trainer.state` /
@@ -67,6 +72,27 @@ class GradientSync:
     static_graph: bool = False
 
 
+def _broadcast_from_lead(module: torch.nn.Module) -> None:
+    """Give every process rank 0's weights and buffers, as DDP does when it wraps a module
+    (LoRA adapters, for one, are drawn from each process's own seed)."""
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor, src=0)
+
+
+def _average_gradients(parameters: list[torch.nn.Parameter]) -> None:
+    """Average the gradients over all processes in one all-reduce, as DDP would in buckets.
+    Unlike DDP's it does not overlap the backward; for BERT-base's gradients it costs about
+    1.4 ms (docs/benchmarks.md), less than DDP's hooks cost the host."""
+    grads = [parameter.grad for parameter in parameters if parameter.grad is not None]
+    flat = torch.cat([grad.reshape(-1) for grad in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.AVG)
+    parts = flat.split([grad.numel() for grad in grads])
+    torch._foreach_copy_(
+        grads, [part.view_as(grad) for part, grad in zip(parts, grads, strict=True)]
+    )
+
+
 @dataclass(frozen=True)
 class TrainOutcome:
     steps: int
@@ -91,6 +117,7 @@ class Trainer:
         observer: Observer,
         save_state: Callable[[dict[str, Any]], None] | None,
         gradient_sync: GradientSync = GradientSync(),
+        cuda_graphs: bool = False,
     ) -> None:
         hyper = config.hyperparameters
         self.gradient_sync = gradient_sync
@@ -133,13 +160,24 @@ class Trainer:
             self.optimizer, linear_schedule(warmup, self.total_steps)
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        # a CUDA graph replays one fixed forward and backward per step; gradient caching runs
+        # several forwards of varying size per step, so it keeps the dynamic-shape graph
+        self.cuda_graphs = (
+            cuda_graphs and device.type == "cuda" and not config.gradient_cache.enabled
+        )
         self.encode = self._training_forward()
 
     def _training_forward(self) -> EncodeFn:
-        """The encoder as the step calls it: DDP-wrapped with several processes, compiled on
-        CUDA (on CPU, where tests run, compiling would cost more than it saves)."""
+        """The encoder as the step calls it: compiled on CUDA (on CPU, where tests run,
+        compiling would cost more than it saves), with CUDA graphs or DDP-wrapped with
+        several processes. With CUDA graphs there is no DDP: its per-parameter hooks would
+        bring back the host time the graphs save (`_average_gradients` does its work)."""
         module: torch.nn.Module = self.encoder
         sync = self.gradient_sync
+        if self.cuda_graphs:
+            if self.world_size > 1:
+                _broadcast_from_lead(module)
+            return torch.compile(module, mode="reduce-overhead")  # type: ignore[return-value]
         if self.world_size > 1:
             ddp = torch.nn.parallel.DistributedDataParallel(
                 module,
@@ -207,9 +245,14 @@ class Trainer:
                 max_length,
                 cache.mini_batch_size,
             )
-        return forward_backward(
+        if self.cuda_graphs:  # the last step's graph outputs are consumed: reuse their memory
+            torch.compiler.cudagraph_mark_step_begin()
+        loss = forward_backward(
             self.encode, batch, self.loss_fn, self.amp_dtype, self.scaler, max_length
         )
+        if self.cuda_graphs and self.world_size > 1:
+            _average_gradients(list(self.parameters.values()))
+        return loss
 
     def run(self) -> TrainOutcome:
         hyper = self.config.hyperparameters
@@ -221,7 +264,8 @@ class Trainer:
         window_start = time.perf_counter()
         while self.step < total:
             indices = self.schedule.indices(self.step)
-            batch = self.data.collate(indices, self.rank, self.world_size).to(self.device)
+            batch = self.data.collate(indices, self.rank, self.world_size, self.cuda_graphs)
+            batch = batch.to(self.device)
             loss_sum += self._backward(batch)
             if self.scaler.is_enabled():
                 self.scaler.unscale_(self.optimizer)
