@@ -3,9 +3,9 @@
 AdamW (fused on CUDA; no weight decay on biases and norm weights), linear warmup then linear
 decay to zero, autocast in the trial's precision (a loss scaler only for fp16), gradient
 clipping, and optionally gradient caching. On CUDA the encoder's packed forward is compiled
-(`torch.compile`, one dynamic-shape graph) and, with `cuda_graphs` (off by default: on
-BERT-base it measured slower, docs/benchmarks.md), replayed as CUDA graphs: each
-batch is padded with dummy texts to one of a few shapes (`batching.graph_padding`), and the
+(`torch.compile`, one dynamic-shape graph) and, with `cuda_graphs` (off by default: it
+gains nothing on BERT-base, docs/benchmarks.md), replayed as CUDA graphs: each batch is
+padded with dummy texts to one of a few shapes (`batching.graph_padding`), and the
 host issues a whole forward or backward as one replay instead of hundreds of kernel launches.
 With several processes, gradients are then averaged in one all-reduce after the backward;
 without CUDA graphs (or with gradient caching) the encoder is wrapped in
