@@ -136,5 +136,7 @@ class SharedClusterScheduling(LoadScopeScheduling):
         return shared_cluster_group(nodeid) or nodeid
 
 
+# optional: `-p no:xdist` runs the suite without xdist, and so without this hook
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> SharedClusterScheduling:
     return SharedClusterScheduling(config, log)
