@@ -13,7 +13,7 @@ from sentence_transformers import SentenceTransformer
 
 from kubetune.contract import LossSpec
 from kubetune_trainer import model as model_module
-from kubetune_trainer.batching import BatchSchedule, TokenizedExamples, pad
+from kubetune_trainer.batching import BatchSchedule, TokenizedExamples, graph_padding, pad
 from kubetune_trainer.data import Example
 from kubetune_trainer.evaluation import encode
 from kubetune_trainer.losses import build_loss
@@ -80,6 +80,20 @@ def test_pad_rounds_up_to_a_multiple_of_16() -> None:
     assert features.input_ids.shape == (2, 32)
     assert features.attention_mask.sum(dim=1).tolist() == [3, 17]
     assert features.input_ids[0, 3:].eq(0).all()
+
+
+@pytest.mark.parametrize(
+    ("tokens", "texts", "max_length"), [(22_885, 512, 128), (9_700, 202, 256), (40, 3, 8)]
+)
+def test_graph_padding_reaches_a_few_shapes_with_short_dummies(
+    tokens: int, texts: int, max_length: int
+) -> None:
+    dummies = graph_padding(tokens, texts, max_length)
+    step = max(16, 1 << max(0, tokens.bit_length() - 6))
+    assert len(dummies) >= 1 and (texts + len(dummies)) % 16 == 0
+    assert (tokens + int(dummies.sum())) % step == 0
+    assert int(dummies.sum()) < step + len(dummies)  # at most one step, plus a token per dummy
+    assert dummies.min() >= 1 and dummies.max() <= max_length
 
 
 def test_batch_schedule_is_a_seeded_permutation_per_epoch() -> None:
