@@ -124,7 +124,8 @@ def wait_until(
         except Exception:  # noqa: BLE001 - not ready yet, whatever the reason
             pass
         time.sleep(0.2)
-    raise ComponentFailedError(f"{what} was not ready after {timeout:.0f}s; see {log}" + _tail(log))
+    see = f"; see {log}" if log is not None else ""
+    raise ComponentFailedError(f"{what} was not ready after {timeout:.0f}s{see}" + _tail(log))
 
 
 def _tail(log: Path | None, lines: int = 15) -> str:
