@@ -10,7 +10,10 @@ would repeat end the Job at once through its podFailurePolicy.
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
+
+from kubernetes.utils.quantity import parse_quantity
 
 from kubetune.api import API_VERSION, FINE_TUNING_TASK, TrainerSpec
 from kubetune.contract import (
@@ -31,6 +34,7 @@ LABEL_TRIAL = "kubetune.dev/trial"
 LABEL_ATTEMPT = "kubetune.dev/attempt"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+THREADS_ENV = "OMP_NUM_THREADS"
 CONTAINER = "trainer"
 COMMAND = ("python", "-m", "kubetune_trainer")
 NON_RETRYABLE_EXIT_CODES = tuple(
@@ -81,6 +85,17 @@ def _storage_env(storage: ResolvedStorage) -> list[dict[str, Any]]:
     return env
 
 
+def cpu_threads(trainer: TrainerSpec) -> int | None:
+    """The trainer's CPU thread count: its CPU limit, else its request, rounded up; None
+    when it has neither. PyTorch otherwise starts a thread per core of the node, and in a
+    Pod given fewer cores those threads mostly wait for each other."""
+    resources = trainer.resources
+    for values in (resources.limits, resources.requests) if resources else ():
+        if values and "cpu" in values:
+            return max(1, math.ceil(parse_quantity(values["cpu"])))
+    return None
+
+
 def _pod_spec(
     config: TrialConfig,
     trainer: TrainerSpec,
@@ -89,6 +104,9 @@ def _pod_spec(
     tracking_uri: str | None,
 ) -> dict[str, Any]:
     env = [e.to_json() for e in trainer.env or []]
+    threads = cpu_threads(trainer)
+    if threads is not None and all(e["name"] != THREADS_ENV for e in env):
+        env.append({"name": THREADS_ENV, "value": str(threads)})
     env.append({"name": TRIAL_CONFIG_ENV, "value": config.model_dump_json(exclude_none=True)})
     # Said outright rather than left to the trainer's fallback (the default path when it is
     # writable): a runtime that maps the path elsewhere, as devcluster's node agent does,

@@ -167,7 +167,8 @@ def fine_tuning_task(
     name: str, model: str, data: E2eData, learning_rates: list[float], **spec: Any
 ) -> dict[str, Any]:
     """A small CPU-sized task: a few steps per trial, one trial per learning rate, evaluated
-    before and after training only."""
+    before and after training only. Each trainer asks for one CPU, so it runs one thread:
+    trials side by side on the machine's cores do not oversubscribe them."""
     hyperparameters = {
         "fixed": {"batchSize": 16, "maxSteps": 4, "maxSeqLength": 48},
         "searchSpace": [{"name": "learningRate", "categorical": {"values": learning_rates}}],
@@ -186,6 +187,7 @@ def fine_tuning_task(
                 "maxEvalSamples": 100,
             },
             "hyperparameters": hyperparameters,
+            "trainer": {"resources": {"requests": {"cpu": "1"}}},
             **spec,
         },
     }

@@ -27,7 +27,7 @@ def test_an_empty_dataset_fails_the_task_with_the_trainers_message(
     empty = f"s3://{DATA_BUCKET}/{key}"
     task = fine_tuning_task("empty", "minilm", e2e_data, [1e-4])
     task["spec"]["dataset"]["train"] = [empty]
-    task["spec"]["trainer"] = {"backoffLimit": 2}
+    task["spec"]["trainer"]["backoffLimit"] = 2
     apply(kubectl, tenant, tuned_model("minilm", e2e_data.base_model), task)
 
     status = wait_phase(kubectl, tenant, "empty", {"Succeeded", "Failed"}, timeout=300)["status"]

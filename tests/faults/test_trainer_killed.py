@@ -56,7 +56,7 @@ def test_killed_trainer_resumes_from_its_last_save(
     task = fine_tuning_task("killed", "minilm", e2e_data, [5e-5])
     fixed = task["spec"]["hyperparameters"]["fixed"]
     fixed.update({"maxSteps": 12, "checkpointEverySteps": 2, "evalEverySteps": 12})
-    task["spec"]["trainer"] = {"backoffLimit": 1}
+    task["spec"]["trainer"]["backoffLimit"] = 1
     apply(kubectl, tenant, tuned_model("minilm", e2e_data.base_model), task)
 
     pid = wait_for(

@@ -186,3 +186,22 @@ def test_operator_defaults_fill_pull_policy_and_trainer_account() -> None:
     pod = jobs[0]["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "trainer"
     assert pod["containers"][0]["imagePullPolicy"] == "IfNotPresent"
+
+
+@pytest.mark.parametrize(
+    ("resources", "env", "expected"),
+    [
+        ({"limits": {"cpu": "2", "nvidia.com/gpu": 1}, "requests": {"cpu": "1"}}, [], "2"),
+        ({"requests": {"cpu": "1500m"}}, [], "2"),
+        ({"requests": {"cpu": "250m"}}, [], "1"),
+        ({"requests": {"cpu": 3}}, [], "3"),
+        ({"requests": {"cpu": "4"}}, [{"name": "OMP_NUM_THREADS", "value": "8"}], "8"),
+        ({"limits": {"nvidia.com/gpu": 1}}, [], None),
+        (None, [], None),
+    ],
+)
+def test_threads_follow_the_cpu_limit_else_request(resources, env, expected) -> None:
+    trainer = TrainerSpec.model_validate({"resources": resources, "env": env})
+    container = manifest(trainer)["spec"]["template"]["spec"]["containers"][0]
+    values = [e["value"] for e in container["env"] if e["name"] == "OMP_NUM_THREADS"]
+    assert values == ([expected] if expected else [])

@@ -610,7 +610,9 @@ class TrainerSpec(ApiModel):
         default=None, description="Image pull policy."
     )
     resources: ResourceRequirements | None = Field(
-        default=None, description="Container resources, GPUs included."
+        default=None,
+        description="Container resources, GPUs included. A CPU limit (else request), rounded "
+        "up, also sets the trainer's thread count, `OMP_NUM_THREADS`, unless `env` sets it.",
     )
     node_selector: (
         Annotated[
