@@ -31,7 +31,7 @@ verify: ## fail when generated files are stale
 	$(PYTHON) -m kubetune.crdgen --check
 
 test: lint ## the whole suite: lint, unit tests, and e2e tests on a devcluster it starts
-	$(PYTHON) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --durations=25 $(PYTEST_ARGS)
 
 test-unit: ## tests that need no cluster
 	$(PYTHON) -m pytest -m "not e2e" $(PYTEST_ARGS)
