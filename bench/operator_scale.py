@@ -14,6 +14,10 @@ operator's, not PyTorch's. Per round of N tasks it reports:
   ServiceAccount, so the audit log attributes its requests exactly;
 - every task Succeeded, and no Job created twice (audit log).
 
+Each trial asks for one GPU and the node has `--gpus` of them (64 by default), so trials
+queue for GPUs as on a real cluster instead of all running at once: at 300 tasks, 1,200
+stand-ins at once left the two cores to none of them.
+
     ~/.cache/kubetune/venv/bin/python bench/operator_scale.py --tasks 10 100
 """
 
@@ -171,8 +175,8 @@ class Operator:
 
 def lineage(name: str, inputs: str, trials: int, parallel: int) -> list[dict[str, Any]]:
     """A TunedModel `m-NAME` and a FineTuningTask `task-NAME` of `trials` trials, `parallel`
-    at a time, training on the placeholder files under `inputs` (the stand-in never reads
-    them)."""
+    at a time, each on one GPU, training on the placeholder files under `inputs` (the
+    stand-in never reads them)."""
     return [
         {
             "apiVersion": "kubetune.dev/v1alpha1",
@@ -197,6 +201,7 @@ def lineage(name: str, inputs: str, trials: int, parallel: int) -> list[dict[str
                     ],
                     "parallelTrials": parallel,
                 },
+                "trainer": {"resources": {"limits": {"nvidia.com/gpu": 1}}},
             },
         },
     ]
@@ -377,13 +382,14 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, nargs="+", default=[10, 100])
     parser.add_argument("--trials", type=int, default=8, choices=range(1, len(LEARNING_RATES) + 1))
     parser.add_argument("--parallel", type=int, default=4)
+    parser.add_argument("--gpus", type=int, default=64, help="the node's nvidia.com/gpu")
     parser.add_argument("--state-dir", type=Path, default=Path("/tmp/kubetune-scale"))
     parser.add_argument("--timeout", type=float, default=3600, help="per round, seconds")
     parser.add_argument("--keep", action="store_true", help="leave the devcluster running")
     args = parser.parse_args()
 
     os.environ[cluster.POD_PYTHONPATH_ENV] = str(STANDIN)
-    info = cluster.up(args.state_dir, gpus=10000, quiet=True)
+    info = cluster.up(args.state_dir, gpus=args.gpus, quiet=True)
     try:
         kubectl = Kubectl(info.kubeconfig)
         crds.install(info, REPO / "crds")

@@ -25,6 +25,13 @@ from devcluster.state import ClusterInfo
 pytest_plugins = ["tests.e2e.fixtures"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Each xdist worker gets its share of the cores for PyTorch's threads (set before any
+    test imports torch): a thread per core in every worker oversubscribes them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+
+
 @pytest.fixture(scope="session")
 def devcluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterInfo]:
     state_dir = Path(
