@@ -291,8 +291,13 @@ class OutputSpec(_Model):
     progress_uri: NonEmptyStr | None = Field(
         default=None, description="Small JSON status file (TrialProgress); None disables it."
     )
+    baseline_uri: NonEmptyStr | None = Field(
+        default=None,
+        description="JSON file where the trials of one iteration share the starting model's "
+        "evaluation (kubetune_trainer.baseline); None: the trial evaluates it for itself.",
+    )
 
-    @field_validator("checkpoint_uri", "result_uri", "resume_uri", "progress_uri")
+    @field_validator("checkpoint_uri", "result_uri", "resume_uri", "progress_uri", "baseline_uri")
     @classmethod
     def _uri(cls, value: str | None) -> str | None:
         return None if value is None else _check_uri(value)

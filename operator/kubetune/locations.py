@@ -4,6 +4,7 @@ Layout under `s3://<bucket>/<prefix>/<namespace>/<model>/`:
 
     runs/<iteration>/trial-<index>/model/     a trial's checkpoint (scratch)
     runs/<iteration>/trial-<index>/result.json
+    runs/<iteration>/baseline.json            the starting model's evaluation, shared
     iterations/<iteration>/model/             a promoted model
     iterations/<iteration>/manifest.json      written last: the iteration is complete
 
@@ -55,6 +56,10 @@ def scratch_uri(root: str, iteration: int) -> str:
 
 def trial_checkpoint_uri(scratch: str, index: int) -> str:
     return f"{scratch}trial-{index}/model/"
+
+
+def baseline_uri(scratch: str) -> str:
+    return f"{scratch}baseline.json"
 
 
 def iteration_uri(root: str, iteration: int) -> str:

@@ -23,6 +23,7 @@ import yaml
 from kubernetes import client
 
 from devcluster.crds import install as install_crds
+from devcluster.nodeagent.pods import pods_root
 from devcluster.state import ClusterInfo, free_port
 from tests.conftest import Kubectl
 
@@ -191,6 +192,17 @@ def fine_tuning_task(
             **spec,
         },
     }
+
+
+def trial_log(devcluster: ClusterInfo, namespace: str, job: str) -> str:
+    """The trainer's log from the newest Pod of a trial's Job, kept by the node agent after
+    the Job is gone."""
+    logs = sorted(
+        pods_root(Path(devcluster.state_dir)).glob(f"{namespace}_{job}-*/container.log"),
+        key=lambda path: path.stat().st_mtime,
+    )
+    assert logs, f"no Pod log of Job {namespace}/{job}"
+    return logs[-1].read_text(errors="replace")
 
 
 def apply(kubectl: Kubectl, namespace: str, *objects: dict[str, Any]) -> str:

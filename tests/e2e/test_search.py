@@ -10,8 +10,17 @@ import pytest
 import yaml
 from kubernetes import client
 
+from devcluster.state import ClusterInfo
 from tests.conftest import Kubectl
-from tests.e2e.fixtures import E2eData, apply, fine_tuning_task, get, tuned_model, wait_phase
+from tests.e2e.fixtures import (
+    E2eData,
+    apply,
+    fine_tuning_task,
+    get,
+    trial_log,
+    tuned_model,
+    wait_phase,
+)
 
 TIMEOUT = 1500  # the trainer runs on two shared CPU cores
 
@@ -64,7 +73,11 @@ def test_second_iteration_first_reruns_the_previous_top_k(
 
 
 def test_a_bad_learning_rate_is_pruned_before_it_finishes(
-    kubectl: Kubectl, tenant: str, e2e_data: E2eData, batch: client.BatchV1Api
+    kubectl: Kubectl,
+    tenant: str,
+    e2e_data: E2eData,
+    batch: client.BatchV1Api,
+    devcluster: ClusterInfo,
 ) -> None:
     max_steps = 8
     task = fine_tuning_task(
@@ -100,6 +113,11 @@ def test_a_bad_learning_rate_is_pruned_before_it_finishes(
     # Its slot went to the next trial (parallelTrials 1), which could start only then.
     assert last["startedAt"] >= bad["finishedAt"]
     assert last["phase"] in ("Succeeded", "Pruned")  # a good rate, judged against one trial
+    # One trial at a time: the first evaluated the starting model, the others read its result.
+    shared = [
+        "baseline read from" in trial_log(devcluster, tenant, t["name"]) for t in (good, bad, last)
+    ]
+    assert shared == [False, True, True]
 
 
 def _task_with(hyperparameters: dict[str, Any]) -> dict[str, Any]:

@@ -186,6 +186,10 @@ def test_operator_defaults_fill_pull_policy_and_trainer_account() -> None:
     pod = jobs[0]["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "trainer"
     assert pod["containers"][0]["imagePullPolicy"] == "IfNotPresent"
+    # The trials of the iteration share one baseline evaluation, under its scratch prefix.
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    trial = TrialConfig.model_validate_json(env[TRIAL_CONFIG_ENV])
+    assert trial.output.baseline_uri == f"{current.status.scratch_uri}baseline.json"
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import torch.distributed as dist
 
 from kubetune.contract import Precision, TrialConfig, TrialResult
 from kubetune_trainer import __version__
+from kubetune_trainer.baseline import SharedBaseline, baseline_key
 from kubetune_trainer.batching import TokenizedExamples
 from kubetune_trainer.checkpoint import ResumeStore, fingerprint
 from kubetune_trainer.data import load_data
@@ -133,6 +134,26 @@ def run_trial(
             dist.destroy_process_group()
 
 
+def _evaluate_baseline(
+    config: TrialConfig,
+    storage: Storage,
+    scratch: Path,
+    evaluate: Callable[[], dict[str, float]],
+    key: str,
+) -> dict[str, float]:
+    """The starting model's metrics: shared by an earlier trial of the iteration if it
+    evaluated them under the same settings, else evaluated here (and shared)."""
+    uri = config.output.baseline_uri
+    if uri is None:
+        return evaluate()
+    shared = SharedBaseline(storage, uri, key, scratch / "baseline")
+    metrics = shared.load()
+    if metrics is None:
+        metrics = evaluate()
+        shared.save(metrics, config.trial.name)
+    return metrics
+
+
 def _run(
     config: TrialConfig,
     scratch: Path,
@@ -184,7 +205,15 @@ def _run(
             baseline = state["baseline_metrics"]
         elif process.lead:
             observer.on_phase("baseline", steps)
-            baseline = evaluator(model, device, amp_dtype)
+            baseline = _evaluate_baseline(
+                config,
+                storage,
+                scratch,
+                lambda: evaluator(model, device, amp_dtype),
+                baseline_key(
+                    config.base_model, retrieval, model.eval_max_seq_length, amp_dtype, device
+                ),
+            )
         observer.on_baseline(baseline)
         if config.method == "lora":
             apply_lora(model, config.lora)

@@ -16,7 +16,7 @@ from kubetune.api import conditions as c
 from kubetune.decide.actions import Action, CreateJob, DeleteJob, DeleteStorage, Event, TaskDecision
 from kubetune.decide.inputs import Defaults, ModelObject, ObservedJob, TaskObject
 from kubetune.decide.trialconfig import build_trial_config
-from kubetune.locations import ResolvedStorage, resolve_storage
+from kubetune.locations import ResolvedStorage, baseline_uri, resolve_storage
 from kubetune.manifests import job_manifest
 
 ACTIVE_TRIAL_PHASES = ("Pending", "Running")
@@ -93,6 +93,7 @@ class Reconcile:
             starting_model=status.starting_model,
             checkpoint_uri=trial.checkpoint_uri,
             experiment=status.mlflow.experiment_name if status.mlflow else None,
+            baseline_uri=baseline_uri(status.scratch_uri) if status.scratch_uri else None,
         )
         manifest = job_manifest(
             config=config,

@@ -72,6 +72,7 @@ def build_trial_config(
     starting_model: str,
     checkpoint_uri: str,
     experiment: str | None,
+    baseline_uri: str | None = None,
 ) -> TrialConfig:
     """The trial's config; raises `pydantic.ValidationError` when the spec and parameters
     do not make a valid one (the task then fails with reason InvalidSpec)."""
@@ -92,6 +93,7 @@ def build_trial_config(
         "output": {
             "checkpoint_uri": checkpoint_uri,
             "progress_uri": sibling_uri(checkpoint_uri, PROGRESS_FILENAME),
+            "baseline_uri": baseline_uri,
         },
         "mlflow": {
             "experiment": experiment,
