@@ -22,7 +22,10 @@ synchronisation; sentence-transformers' between two synchronised trainer callbac
 Under `torchrun --nproc-per-node N` (with `--skip-st`), the script measures our trainer on N
 GPUs: every process runs its share of each batch and rank 0 prints the figures; the
 `--ddp-*` and `--no-optimize-ddp` flags set the trainer's `GradientSync`, which applies only
-without `--cuda-graphs` (with CUDA graphs there is no DDP wrapper).
+without `--cuda-graphs` (with CUDA graphs there is no DDP wrapper), except `--ddp-bf16`, which
+also sets the dtype of the trainer's own all-reduce under CUDA graphs. `--windows` prints every
+logging window, with the CUDA graphs recorded so far: a window with a recording is no steady
+state, and the warm-up must outlast them.
 With `--profile DIR` it times nothing and instead profiles `--steps` steps after the warm-up
 (see `profile_ours`).
 
@@ -146,12 +149,43 @@ def matmul_peak(device: torch.device) -> float:
     return 2 * 8192**3 / statistics.median(times)
 
 
+class _GraphWork:
+    """How many CUDA graphs this process has recorded, and how many calls ran as a new shape's
+    warm-up (eagerly, before its recording), counted by wrapping the methods of
+    `torch._inductor.cudagraph_trees.CUDAGraphTreeManager` that do that. A timing window
+    with either is not the steady state."""
+
+    recorded = 0
+    warmed = 0
+
+    @classmethod
+    def install(cls) -> None:
+        from torch._inductor import cudagraph_trees
+
+        manager = cudagraph_trees.CUDAGraphTreeManager
+        for method, counter in (("record_function", "recorded"), ("run_eager", "warmed")):
+            original = getattr(manager, method, None)
+            if original is None or getattr(original, "_counted", False):
+                continue
+
+            def counted(self: Any, *args: Any, _o: Any = original, _c: str = counter) -> Any:
+                setattr(cls, _c, getattr(cls, _c) + 1)
+                return _o(self, *args)
+
+            counted._counted = True  # type: ignore[attr-defined]
+            setattr(manager, method, counted)
+
+
 class _Windows(Observer):
+    """Each logging window's figures, with the CUDA graph work done up to its end."""
+
     def __init__(self) -> None:
         self.points: list[LogPoint] = []
+        self.graph_work: list[tuple[int, int]] = []
 
     def on_log(self, point: LogPoint) -> None:
         self.points.append(point)
+        self.graph_work.append((_GraphWork.recorded, _GraphWork.warmed))
 
 
 def _trainer(
@@ -223,6 +257,12 @@ def ours(
     started = time.perf_counter()
     _trainer(model_dir, examples, args, device, process, windows).run()
     total = time.perf_counter() - started
+    if args.windows:
+        rows = [
+            [point.step, round(point.samples_per_second), *work]
+            for point, work in zip(windows.points, windows.graph_work, strict=True)
+        ]
+        print(json.dumps({"rank": process.rank, "windows": rows}), flush=True)
     timed = [point for point in windows.points if point.step > args.warmup]
     samples = len(timed) * args.log_every * args.batch_size
     seconds = sum(args.log_every * args.batch_size / point.samples_per_second for point in timed)
@@ -377,6 +417,12 @@ def main() -> None:
         help="replay the compiled forward and backward as CUDA graphs (padded batches)",
     )
     parser.add_argument(
+        "--windows",
+        action="store_true",
+        help="print every process's logging windows: step, samples/s, CUDA graphs recorded "
+        "and shape warm-ups so far",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         help="profile --steps steps after --warmup into this directory instead of timing",
@@ -389,6 +435,8 @@ def main() -> None:
     if process.world_size > 1:
         dist.init_process_group("nccl", device_id=device)
     lead = process.lead
+    if args.cuda_graphs:
+        _GraphWork.install()
     scratch = Path(tempfile.mkdtemp(prefix="bench-"))
     spec = DataSpec.model_validate({"train": [str(args.data)], "format": "pairs"})
     examples = read_examples(Storage(), spec.train, spec, scratch / "data")

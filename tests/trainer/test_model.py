@@ -13,7 +13,13 @@ from sentence_transformers import SentenceTransformer
 
 from kubetune.contract import LossSpec
 from kubetune_trainer import model as model_module
-from kubetune_trainer.batching import BatchSchedule, TokenizedExamples, graph_padding, pad
+from kubetune_trainer.batching import (
+    BatchSchedule,
+    TokenizedExamples,
+    graph_padding,
+    graph_shape,
+    pad,
+)
 from kubetune_trainer.data import Example
 from kubetune_trainer.evaluation import encode
 from kubetune_trainer.losses import build_loss
@@ -83,17 +89,51 @@ def test_pad_rounds_up_to_a_multiple_of_16() -> None:
 
 
 @pytest.mark.parametrize(
-    ("tokens", "texts", "max_length"), [(22_885, 512, 128), (9_700, 202, 256), (40, 3, 8)]
+    ("counts", "max_length"),
+    [
+        ([(22_885, 512)], 128),
+        ([(9_700, 202)], 256),
+        ([(40, 3)], 8),
+        ([(11_200, 256), (12_300, 256)], 128),
+        ([(11_000, 240), (12_900, 272), (10_100, 256)], 128),
+        ([(50, 16), (3, 2)], 2),
+    ],
 )
-def test_graph_padding_reaches_a_few_shapes_with_short_dummies(
-    tokens: int, texts: int, max_length: int
+def test_graph_padding_gives_every_process_one_shape_with_short_dummies(
+    counts: list[tuple[int, int]], max_length: int
 ) -> None:
-    dummies = graph_padding(tokens, texts, max_length)
-    step = max(16, 1 << max(0, tokens.bit_length() - 6))
-    assert len(dummies) >= 1 and (texts + len(dummies)) % 16 == 0
-    assert (tokens + int(dummies.sum())) % step == 0
-    assert int(dummies.sum()) < step + len(dummies)  # at most one step, plus a token per dummy
-    assert dummies.min() >= 1 and dummies.max() <= max_length
+    shape = graph_shape(counts, max_length)
+    most = max(tokens for tokens, _ in counts)
+    step = max(16, 1 << max(0, most.bit_length() - 6))
+    assert shape[0] % step == 0 and shape[1] % 16 == 0
+    for tokens, texts in counts:
+        dummies = graph_padding(tokens, texts, shape)
+        assert len(dummies) >= 1 and texts + len(dummies) == shape[1]
+        assert tokens + int(dummies.sum()) == shape[0]
+        assert dummies.min() >= 1 and dummies.max() <= max_length
+    if len(counts) == 1:  # at most one step of padding, plus a token per dummy
+        assert shape[0] - most < step + shape[1] - counts[0][1]
+
+
+def test_collate_pads_every_process_to_the_same_shape(model_dir: Path) -> None:
+    model = load_model(model_dir, str(model_dir))
+    examples = [
+        Example(
+            f"query {i}", f"document number {i} " * (3 * i + 1), "a negative" if i % 3 else None
+        )
+        for i in range(9)
+    ]
+    data = TokenizedExamples(examples, model, max_length=16)
+    order = [8, 0, 3, 1, 2, 7, 5, 4, 6]
+    shares = [data.collate(order, rank, 3, graph_shapes=True) for rank in range(3)]
+    plain = [data.collate(order, rank, 3) for rank in range(3)]
+    shapes = {(len(share.texts.input_ids), len(share.texts.offsets) - 1) for share in shares}
+    assert len(shapes) == 1
+    for padded, unpadded in zip(shares, plain, strict=True):
+        assert len(padded.texts) == len(unpadded.texts) and padded.texts.dummies >= 1
+        assert padded.texts.tokens == unpadded.texts.tokens
+        real = padded.texts.input_ids[: padded.texts.tokens]
+        assert real.tolist() == unpadded.texts.input_ids.tolist()
 
 
 def test_batch_schedule_is_a_seeded_permutation_per_epoch() -> None:
@@ -190,8 +230,10 @@ def test_collate_packs_each_process_share_of_the_batch(model_dir: Path) -> None:
     assert whole.texts.position_ids[: lengths[0]].tolist() == list(range(lengths[0]))
     second = data.collate([4, 0, 3, 1, 2], rank=1, world_size=2)
     assert (second.shares, second.negative_shares, second.examples) == ((3, 2), (1, 1), 2)
-    assert second.negative_owner is not None and second.negative_owner.tolist() == [3]
-    assert second.group.tolist() == whole.group[3:].tolist()
+    assert len(second.texts) == 2 * 2 + 1  # its own texts ...
+    assert second.negative_owner is not None and second.negative_owner.tolist() == [2, 3]
+    assert second.group.tolist() == whole.group.tolist()  # ... and the whole step's rest
+    assert second.weight.tolist() == whole.weight.tolist()
     piece = whole.texts.rows(5, 7)
     assert piece.offsets == (0, lengths[5], lengths[5] + lengths[6])
     assert piece.sequence_index.tolist() == [0] * lengths[5] + [1] * lengths[6]

@@ -131,23 +131,40 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def graph_padding(tokens: int, texts: int, max_length: int) -> np.ndarray:
-    """Lengths of the dummy texts that pad a packed batch to a shape a CUDA graph was recorded
-    for, so that a few graphs serve every step.
+def graph_shape(counts: list[tuple[int, int]], max_length: int) -> tuple[int, int]:
+    """The (tokens, texts) that every process pads its packed batch to, for CUDA graphs,
+    given every process's real (tokens, texts) of the step.
 
+    All processes get the same shape, so they replay the same graph, do the same work and
+    reach the step's collectives together: a process padded to a smaller shape would only
+    wait for the others (and would record graphs at other steps than they do).
     The token count is rounded up to a multiple of a power of two between 1/64 and 1/32 of
-    it (at least 16, so Triton's divisibility specialisation is the same for every size):
-    padding adds at most about 3% of the tokens, and a run sees a handful of distinct sizes.
-    The text count is rounded up to a multiple of `GRAPH_TEXT_MULTIPLE`, with at least one
-    dummy. Every dummy holds 1 to `max_length` tokens, so it attends only to itself within
-    the attention kernel's fixed bound, and is dropped after pooling: the real texts'
-    embeddings, and every gradient, are
-    those of the unpadded batch.
+    the largest process's (at least 16, so Triton's divisibility specialisation is the same
+    for every size): padding adds at most about 3% of the tokens, and a run sees a handful
+    of distinct sizes. The text count is a multiple of `GRAPH_TEXT_MULTIPLE`, with at least
+    one dummy text on every process, and enough of them that each holds 1 to `max_length`
+    tokens (`graph_padding`).
     """
-    step = max(16, 1 << max(0, tokens.bit_length() - 6))
-    fewest = -(-step // max(1, max_length - 1))  # so no dummy needs more than max_length
-    count = _round_up(texts + fewest, GRAPH_TEXT_MULTIPLE) - texts
-    pad = _round_up(tokens + count, step) - tokens
+    if max_length < 2:  # one-token texts leave no room to spread the rounding over dummies
+        raise ValueError("padding for CUDA graphs needs a maximum length of at least 2")
+    step = max(16, 1 << max(0, max(tokens for tokens, _ in counts).bit_length() - 6))
+    texts = _round_up(max(count for _, count in counts) + 1, GRAPH_TEXT_MULTIPLE)
+    while True:  # `texts` only grows, until both bounds below hold
+        # at least one token for each dummy text ...
+        tokens = _round_up(max(real + texts - count for real, count in counts), step)
+        # ... and at most `max_length`
+        needed = max(count + -(-(tokens - real) // max_length) for real, count in counts)
+        if needed <= texts:
+            return tokens, texts
+        texts = _round_up(needed, GRAPH_TEXT_MULTIPLE)
+
+
+def graph_padding(tokens: int, texts: int, shape: tuple[int, int]) -> np.ndarray:
+    """Lengths of the dummy texts that pad a packed batch of `tokens` in `texts` up to
+    `shape` (from `graph_shape`), as even as can be. The dummies attend only to themselves
+    and are dropped after pooling: the real texts' embeddings, and every gradient, are those
+    of the unpadded batch."""
+    count, pad = shape[1] - texts, shape[0] - tokens
     lengths = np.full(count, pad // count, dtype=np.int64)
     lengths[: pad % count] += 1
     return lengths
@@ -157,12 +174,14 @@ def graph_padding(tokens: int, texts: int, max_length: int) -> np.ndarray:
 class Batch:
     """This process's share of one training step's examples.
 
-    `texts` holds the anchors, then the positives, then the hard negatives of the examples
-    that have one. `negative_owner[k]` is the row, in the whole step's batch, of the example
-    negative `k` belongs to. `group[i] == group[j]` means examples `i` and `j` share an anchor
-    text, so neither's positive is a negative for the other. `shares` and `negative_shares`
-    give every process's number of examples and of negatives, so the loss can gather the
-    whole batch from all processes without asking them.
+    `texts` holds the anchors, then the positives, then the hard negatives of this
+    process's examples that have one. The rest describes the whole step, all processes'
+    examples in rank order, which every process knows without asking the others:
+    `negative_owner[k]` is the row of the example that the step's negative `k` belongs to;
+    `weight` is every example's weight; `group[i] == group[j]` means examples `i` and `j`
+    share an anchor text, so neither's positive is a negative for the other. `shares` and
+    `negative_shares` give every process's number of examples and of negatives, so the loss
+    can gather the step's embeddings from all processes.
     """
 
     texts: Packed
@@ -258,15 +277,15 @@ class TokenizedExamples:
         parts = np.array_split(np.asarray(indices, dtype=np.int64), world_size)
         negative_shares = tuple(int((self.negative_row[part] >= 0).sum()) for part in parts)
         mine = parts[rank]
-        offset = sum(len(part) for part in parts[:rank])
-        owners = np.flatnonzero(self.negative_row[mine] >= 0)
+        shape = self._graph_shape(parts) if graph_shapes else None
         pieces = [self.anchors.gather(mine), self.positives.gather(mine)]
-        if len(owners):
-            pieces.append(self.negatives.gather(self.negative_row[mine[owners]]))
+        negatives = self.negative_row[mine]
+        if negative_shares[rank]:
+            pieces.append(self.negatives.gather(negatives[negatives >= 0]))
         dummies = 0
-        if graph_shapes:
+        if shape is not None:
             tokens = sum(len(ids) for ids, _ in pieces)
-            lengths = graph_padding(tokens, sum(len(part) for _, part in pieces), self.max_length)
+            lengths = graph_padding(tokens, sum(len(part) for _, part in pieces), shape)
             # any token id serves: the dummies' outputs are dropped
             pieces.append((np.zeros(int(lengths.sum()), dtype=np.int32), lengths))
             dummies = len(lengths)
@@ -275,16 +294,29 @@ class TokenizedExamples:
             np.concatenate([lengths for _, lengths in pieces]),
             dummies,
         )
-        rows = torch.from_numpy(mine)
+        rows = torch.from_numpy(np.concatenate(parts))
+        owners = np.flatnonzero(self.negative_row[rows.numpy()] >= 0)
         return Batch(
             texts=texts,
             examples=len(mine),
-            negative_owner=torch.from_numpy(owners + offset) if len(owners) else None,
+            negative_owner=torch.from_numpy(owners) if len(owners) else None,
             weight=self.weights[rows],
             group=self.groups[rows],
             shares=tuple(len(part) for part in parts),
             negative_shares=negative_shares,
         )
+
+    def _graph_shape(self, parts: list[np.ndarray]) -> tuple[int, int]:
+        """The padded shape of every process's share (`graph_shape`), from text lengths
+        alone, so each process finds the same without asking the others."""
+        counts = []
+        for part in parts:
+            negatives = self.negative_row[part]
+            negatives = negatives[negatives >= 0]
+            tokens = self.anchors.lengths[part].sum() + self.positives.lengths[part].sum()
+            tokens += self.negatives.lengths[negatives].sum()
+            counts.append((int(tokens), 2 * len(part) + len(negatives)))
+        return graph_shape(counts, self.max_length)
 
 
 class BatchSchedule:

@@ -55,38 +55,46 @@ def embed(encoder: EncodeFn, texts: Packed, max_length: int) -> Tensor:
     return embeddings[: len(texts)] if texts.dummies else embeddings
 
 
-def _gather(tensor: Tensor, shares: tuple[int, ...]) -> Tensor:
-    """Every process's rows of `tensor`, in rank order; gradients flow back to their owners."""
-    if len(shares) == 1:
+def _fill(tensor: Tensor, rows: int) -> Tensor:
+    """`tensor` with zero rows appended up to `rows` (all-gather needs equal shapes)."""
+    if tensor.shape[0] == rows:
         return tensor
+    return torch.cat([tensor, tensor.new_zeros((rows - tensor.shape[0], *tensor.shape[1:]))])
+
+
+def _gather(tensors: list[Tensor], shares: tuple[int, ...]) -> list[Tensor]:
+    """Every process's rows of each of `tensors` (each with this process's share of rows), in
+    rank order, through one all-gather; gradients flow back to their owners."""
+    if len(shares) == 1:
+        return tensors
     most = max(shares)
-    if tensor.shape[0] < most:
-        filler = tensor.new_zeros((most - tensor.shape[0], *tensor.shape[1:]))
-        tensor = torch.cat([tensor, filler])
-    parts = torch.distributed.nn.functional.all_gather(tensor)
-    return torch.cat([part[:count] for part, count in zip(parts, shares, strict=True)])
+    parts = torch.distributed.nn.functional.all_gather(
+        torch.cat([_fill(tensor, most) for tensor in tensors])
+    )
+    rows = [(part, count) for part, count in zip(parts, shares, strict=True)]
+    return [
+        torch.cat([part[k * most : k * most + count] for part, count in rows])
+        for k in range(len(tensors))
+    ]
 
 
 def loss_inputs(batch: Batch, embeddings: Tensor) -> LossInputs:
     """The whole step's loss inputs from this process's embeddings (anchors, positives,
-    negatives in `batch.texts` order)."""
+    negatives in `batch.texts` order): one all-gather for the anchors and positives, one for
+    the negatives if any process has some; weights, groups and negative owners come with
+    the batch for the whole step."""
     count = batch.examples
-    anchor = _gather(embeddings[:count], batch.shares)
-    positive = _gather(embeddings[count : 2 * count], batch.shares)
-    negative = negative_owner = None
+    anchor, positive = _gather([embeddings[:count], embeddings[count : 2 * count]], batch.shares)
+    negative = None
     if sum(batch.negative_shares) > 0:
-        negative = _gather(embeddings[2 * count :], batch.negative_shares)
-        owner = batch.negative_owner
-        if owner is None:
-            owner = torch.zeros(0, dtype=torch.long, device=embeddings.device)
-        negative_owner = _gather(owner, batch.negative_shares)
+        (negative,) = _gather([embeddings[2 * count :]], batch.negative_shares)
     return LossInputs(
         anchor,
         positive,
         negative,
-        negative_owner,
-        _gather(batch.weight, batch.shares),
-        _gather(batch.group, batch.shares),
+        batch.negative_owner if negative is not None else None,
+        batch.weight,
+        batch.group,
     )
 
 

@@ -4,9 +4,10 @@ AdamW (fused on CUDA; no weight decay on biases and norm weights), linear warmup
 decay to zero, autocast in the trial's precision (a loss scaler only for fp16), gradient
 clipping, and optionally gradient caching. On CUDA the encoder's packed forward is compiled
 (`torch.compile`, one dynamic-shape graph) and, with `cuda_graphs` (off by default: it
-gains nothing on BERT-base, docs/benchmarks.md), replayed as CUDA graphs: each batch is
-padded with dummy texts to one of a few shapes (`batching.graph_padding`), and the
-host issues a whole forward or backward as one replay instead of hundreds of kernel launches.
+gains nothing on BERT-base on one GPU, though on two it scales better than DDP,
+docs/benchmarks.md), replayed as CUDA graphs: each batch is padded with dummy texts to one
+of a few shapes, the same on every process (`batching.graph_shape`), and the host issues a
+whole forward or backward as one replay instead of hundreds of kernel launches.
 With several processes, gradients are then averaged in one all-reduce after the backward;
 without CUDA graphs (or with gradient caching) the encoder is wrapped in
 DistributedDataParallel instead. Nothing in an ordinary step waits for the accelerator: batches come
@@ -63,7 +64,9 @@ class GradientSync:
     `split_graph` lets `torch.compile` cut the compiled model at DDP's gradient buckets, so a
     bucket's all-reduce can start while the backward of earlier layers still runs; without
     it the whole model is one graph and every all-reduce waits for the end of the backward.
-    `bf16` sends gradients in bf16, half the bytes of fp32 (averaged in fp32 afterwards).
+    `bf16` sends gradients in bf16, half the bytes of fp32 (averaged in fp32 afterwards);
+    it also applies with CUDA graphs, where the trainer averages the gradients itself, without
+    DDP, in one bf16 all-reduce (only `bf16` applies there).
     """
 
     split_graph: bool = True
@@ -80,17 +83,18 @@ def _broadcast_from_lead(module: torch.nn.Module) -> None:
             dist.broadcast(tensor, src=0)
 
 
-def _average_gradients(parameters: list[torch.nn.Parameter]) -> None:
-    """Average the gradients over all processes in one all-reduce, as DDP would in buckets.
-    Unlike DDP's it does not overlap the backward; for BERT-base's gradients it costs about
-    1.4 ms (docs/benchmarks.md), less than DDP's hooks cost the host."""
+def _average_gradients(parameters: list[torch.nn.Parameter], dtype: torch.dtype) -> None:
+    """Average the gradients over all processes in one all-reduce, as DDP would in buckets,
+    sent in `dtype` (bf16 halves the bytes, as DDP's `bf16_compress_hook` does). Unlike DDP's
+    it does not overlap the backward; for BERT-base's fp32 gradients it costs about 1.5 ms
+    (docs/benchmarks.md), less than DDP's hooks cost the host."""
     grads = [parameter.grad for parameter in parameters if parameter.grad is not None]
-    flat = torch.cat([grad.reshape(-1) for grad in grads])
+    sizes = [grad.numel() for grad in grads]
+    flat = torch.empty(sum(sizes), dtype=dtype, device=grads[0].device)
+    parts = [part.view_as(grad) for part, grad in zip(flat.split(sizes), grads, strict=True)]
+    torch._foreach_copy_(parts, grads)  # one multi-tensor kernel, casting to `dtype`
     dist.all_reduce(flat, op=dist.ReduceOp.AVG)
-    parts = flat.split([grad.numel() for grad in grads])
-    torch._foreach_copy_(
-        grads, [part.view_as(grad) for part, grad in zip(parts, grads, strict=True)]
-    )
+    torch._foreach_copy_(grads, parts)
 
 
 @dataclass(frozen=True)
@@ -251,7 +255,8 @@ class Trainer:
             self.encode, batch, self.loss_fn, self.amp_dtype, self.scaler, max_length
         )
         if self.cuda_graphs and self.world_size > 1:
-            _average_gradients(list(self.parameters.values()))
+            dtype = torch.bfloat16 if self.gradient_sync.bf16 else torch.float32
+            _average_gradients(list(self.parameters.values()), dtype)
         return loss
 
     def run(self) -> TrainOutcome:
