@@ -80,9 +80,10 @@ class Reconciler:
     # -- FineTuningTask --------------------------------------------------------------
     def task(self, namespace: str, name: str) -> float | None:
         started = time.monotonic()
+        latest: dict[str, Any] | None = None
         try:
             for _ in range(MAX_ROUNDS):
-                delay = self._task_round(namespace, name)
+                delay, latest = self._task_round(namespace, name, latest)
                 if delay != 0:
                     return delay
             return 0.5
@@ -91,11 +92,16 @@ class Reconciler:
                 time.monotonic() - started
             )
 
-    def _task_round(self, namespace: str, name: str) -> float | None:
-        body = self.kube.get(FINE_TUNING_TASK.plural, namespace, name)
+    def _task_round(
+        self, namespace: str, name: str, latest: dict[str, Any] | None
+    ) -> tuple[float | None, dict[str, Any] | None]:
+        """One round: read, decide, act, write the status. Returns the delay before the next
+        round (0: at once) and the task as the status write returned it, which the next
+        round uses instead of reading the task again (None: read it)."""
+        body = latest or self.kube.get(FINE_TUNING_TASK.plural, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             METRICS.task_phase(namespace, name, None)
-            return None
+            return None, None
         now = _now()
         try:
             task = TaskObject.from_body(body)
@@ -104,14 +110,14 @@ class Reconciler:
             generation = int(body["metadata"].get("generation", 1))
             message = f"the spec cannot be used: {_first_error(error)}"
             self._write_task_status(body, old, invalid_spec(old, generation, message, now))
-            return None
+            return None, None
         model_body = self.kube.get(TUNED_MODEL.plural, namespace, task.spec.model_ref.name)
         model = ModelObject.from_body(model_body) if model_body else None
         try:
             jobs = self._observe_jobs(task, model)
         except EffectError as error:
             log.warning("%s/%s: reading trial results failed: %s", namespace, name, error)
-            return retry_delay(task.status, now)
+            return retry_delay(task.status, now), None
         experiment_id = self._experiment(task)
         decision = decide_task(
             task, model, jobs, self.config.defaults, now, experiment_id=experiment_id
@@ -129,7 +135,7 @@ class Reconciler:
                     checked = True
                 self.effects.apply(namespace, action)
             except StaleReadError:
-                return 0
+                return 0, None
             except EffectError as error:
                 METRICS.reconcile_errors.labels(FINE_TUNING_TASK.kind).inc()
                 status = action_failed(
@@ -144,13 +150,13 @@ class Reconciler:
                 ]
                 self._write_task_status(body, task.status, status)
                 self._emit(body, events)
-                return retry_delay(status, now)
-        self._write_task_status(body, task.status, status)
+                return retry_delay(status, now), None
+        written = self._write_task_status(body, task.status, status)
         self._emit(body, events)
         self._count(task.status, status, now)
         if status.phase == "Succeeded" and task.status.phase != "Succeeded":
             self._record_chart(task, status)
-        return decision.requeue_after
+        return decision.requeue_after, written
 
     def _record_chart(self, task: TaskObject, status: FineTuningTaskStatus) -> None:
         """Best effort: the chart helps people, the task's outcome does not depend on it."""
@@ -247,12 +253,16 @@ class Reconciler:
 
     def _write_task_status(
         self, body: dict[str, Any], old: FineTuningTaskStatus, new: FineTuningTaskStatus
-    ) -> None:
+    ) -> dict[str, Any] | None:
+        """The task as the apiserver returned it after the write; None when nothing changed."""
         meta = body["metadata"]
         METRICS.task_phase(meta["namespace"], meta["name"], new.phase)
         patch = merge_patch(old.to_json(), new.to_json())
-        if patch:
-            self.kube.patch_status(FINE_TUNING_TASK.plural, meta["namespace"], meta["name"], patch)
+        if not patch:
+            return None
+        return self.kube.patch_status(
+            FINE_TUNING_TASK.plural, meta["namespace"], meta["name"], patch
+        )
 
     def _count(self, old: FineTuningTaskStatus, new: FineTuningTaskStatus, now: datetime) -> None:
         before = {t.name: t.phase for t in old.trials}
