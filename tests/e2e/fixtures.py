@@ -23,7 +23,7 @@ import yaml
 from kubernetes import client
 
 from devcluster.crds import install as install_crds
-from devcluster.nodeagent.pods import pods_root
+from devcluster.nodeagent.pods import find_log
 from devcluster.state import ClusterInfo, free_port
 from tests.conftest import Kubectl
 
@@ -197,12 +197,9 @@ def fine_tuning_task(
 def trial_log(devcluster: ClusterInfo, namespace: str, job: str) -> str:
     """The trainer's log from the newest Pod of a trial's Job, kept by the node agent after
     the Job is gone."""
-    logs = sorted(
-        pods_root(Path(devcluster.state_dir)).glob(f"{namespace}_{job}-*/container.log"),
-        key=lambda path: path.stat().st_mtime,
-    )
-    assert logs, f"no Pod log of Job {namespace}/{job}"
-    return logs[-1].read_text(errors="replace")
+    log = find_log(Path(devcluster.state_dir), namespace, f"{job}-*")  # Pods are <job>-<suffix>
+    assert log is not None, f"no Pod log of Job {namespace}/{job}"
+    return log.read_text(errors="replace")
 
 
 def apply(kubectl: Kubectl, namespace: str, *objects: dict[str, Any]) -> str:
