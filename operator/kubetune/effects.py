@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes.client.rest import ApiException
 
 from kubetune.api import TUNED_MODEL, TunedModelStatus
+from kubetune.clients.expiring import ExpiringCache
 from kubetune.clients.kube import ConflictError, Kube
 from kubetune.clients.s3 import S3Credentials, S3Location, Storage, StorageError
 from kubetune.decide import (
@@ -34,6 +35,11 @@ from kubetune.locations import ResolvedStorage
 from kubetune.metrics import METRICS
 from kubetune.patch import merge_patch
 
+SECRET_CACHE_SECONDS = 30.0
+"""How long credentials read from a Secret are used before it is read again: a rotated
+key reaches the operator within this time, and a busy operator reads each Secret at most
+once per interval instead of once per trial result and per launch."""
+
 
 class EffectError(RuntimeError):
     """An action could not be carried out; the message says what and why."""
@@ -51,6 +57,9 @@ class StaleReadError(EffectError):
 @dataclass
 class Effects:
     kube: Kube
+    secrets: ExpiringCache[tuple[str, str], dict[str, str]] = field(
+        default_factory=lambda: ExpiringCache(SECRET_CACHE_SECONDS)
+    )
 
     def storage(self, namespace: str, resolved: ResolvedStorage) -> Storage:
         """An S3 client for the storage, with credentials from its Secret (if it names
@@ -58,7 +67,9 @@ class Effects:
         access_key = secret_key = None
         ref = resolved.credentials_secret
         if ref is not None:
-            data = self.kube.secret_data(namespace, ref.name)
+            data = self.secrets.get(
+                (namespace, ref.name), lambda: self.kube.secret_data(namespace, ref.name)
+            )
             if data is None:
                 raise EffectError(f'Secret "{ref.name}" not found in namespace "{namespace}"')
             missing = [
@@ -79,24 +90,27 @@ class Effects:
         except StorageError as error:
             raise EffectError(str(error)) from error
 
-    def apply(self, namespace: str, action: Action) -> None:
+    def apply(self, namespace: str, action: Action) -> dict[str, Any] | None:
+        """Carry out `action`. Returns the TunedModel as the apiserver returned it when the
+        action wrote the lineage (None for other actions), so the caller need not read it
+        again."""
         try:
-            self._apply(namespace, action)
+            return self._apply(namespace, action)
         except StorageError as error:
             raise EffectError(str(error)) from error
         except ApiException as error:
             raise EffectError(f"Kubernetes API: {error.status} {_api_message(error)}") from error
 
-    def _apply(self, namespace: str, action: Action) -> None:
+    def _apply(self, namespace: str, action: Action) -> dict[str, Any] | None:
+        if isinstance(action, ReserveIteration):
+            return self._reserve_iteration(namespace, action)
+        if isinstance(action, UpdateLineage | DropIterations):
+            return self._update_lineage(namespace, action)
         if isinstance(action, CreateJob):
             if self.kube.create_job(action.manifest):
                 METRICS.trials_started.inc()
         elif isinstance(action, DeleteJob):
             self.kube.delete_job(namespace, action.name)
-        elif isinstance(action, ReserveIteration):
-            self._reserve_iteration(namespace, action)
-        elif isinstance(action, UpdateLineage | DropIterations):
-            self._update_lineage(namespace, action)
         elif isinstance(action, CopyCheckpoint):
             storage = self.storage(namespace, action.storage)
             storage.copy_tree(
@@ -114,6 +128,7 @@ class Effects:
             self.storage(namespace, action.storage).delete_tree(S3Location.parse(action.uri))
         else:
             raise TypeError(f"unknown action {action!r}")
+        return None
 
     def _verify(self, namespace: str, action: VerifyCheckpoint) -> None:
         storage = self.storage(namespace, action.storage)
@@ -128,28 +143,31 @@ class Effects:
                 f"{action.target_uri} (first: {wrong[0]})"
             )
 
-    def _reserve_iteration(self, namespace: str, action: ReserveIteration) -> None:
+    def _reserve_iteration(self, namespace: str, action: ReserveIteration) -> dict[str, Any]:
         """No read first: the write is conditional on the version the decision read, so
         when it succeeds the rest of the status is what the decision saw."""
         patch = {"lastIteration": action.iteration}
-        self._patch_model_status(namespace, action.model, patch, action.resource_version)
+        return self._patch_model_status(namespace, action.model, patch, action.resource_version)
 
-    def _update_lineage(self, namespace: str, action: UpdateLineage | DropIterations) -> None:
+    def _update_lineage(
+        self, namespace: str, action: UpdateLineage | DropIterations
+    ) -> dict[str, Any]:
         body = self.kube.get(TUNED_MODEL.plural, namespace, action.model)
         if body is None:
             raise EffectError(f'TunedModel "{action.model}" not found')
         old = TunedModelStatus.model_validate(body.get("status") or {})
         patch = merge_patch(old.to_json(), apply_to_model(old, action).to_json())
-        if patch:
-            self._patch_model_status(
-                namespace, action.model, patch, body["metadata"]["resourceVersion"]
-            )
+        if not patch:
+            return body
+        return self._patch_model_status(
+            namespace, action.model, patch, body["metadata"]["resourceVersion"]
+        )
 
     def _patch_model_status(
         self, namespace: str, model: str, patch: dict[str, Any], version: str
-    ) -> None:
+    ) -> dict[str, Any]:
         try:
-            self.kube.patch_status(TUNED_MODEL.plural, namespace, model, patch, version)
+            return self.kube.patch_status(TUNED_MODEL.plural, namespace, model, patch, version)
         except ConflictError as error:
             raise StaleReadError(str(error)) from error
         except ApiException as error:

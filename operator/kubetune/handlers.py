@@ -19,7 +19,7 @@ from kubernetes.client.rest import ApiException
 
 from kubetune.api import FINE_TUNING_TASK, GROUP, TUNED_MODEL, VERSION
 from kubetune.api.conditions import TERMINAL_PHASES
-from kubetune.clients.kube import Kube
+from kubetune.clients.kube import USER_AGENT, Kube
 from kubetune.clients.lease import Leases
 from kubetune.clients.s3 import Storage
 from kubetune.config import OperatorConfig
@@ -69,7 +69,9 @@ def _api_client() -> Any:
         kube_config.load_kube_config()
     from kubernetes import client
 
-    return client.ApiClient()
+    api = client.ApiClient()
+    api.user_agent = USER_AGENT
+    return api
 
 
 def _event_sink(kube: Kube) -> Callable[[dict[str, Any], str, str, str], None]:

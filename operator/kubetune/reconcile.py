@@ -70,6 +70,22 @@ def retry_delay(status: FineTuningTaskStatus, now: datetime) -> float:
     return float(min(300.0, max(5.0, elapsed / 2)))
 
 
+@dataclass(frozen=True)
+class Written:
+    """The objects a round's writes returned, as the apiserver returned them. The next round
+    of the same reconcile starts from them instead of reading them again; None: read."""
+
+    task: dict[str, Any] | None = None
+    model: dict[str, Any] | None = None
+
+    def model_named(self, name: str) -> dict[str, Any] | None:
+        """The written TunedModel, if it is the one named (the task's modelRef may have
+        changed since)."""
+        if self.model is None or self.model["metadata"]["name"] != name:
+            return None
+        return self.model
+
+
 @dataclass
 class Reconciler:
     kube: Kube
@@ -80,10 +96,10 @@ class Reconciler:
     # -- FineTuningTask --------------------------------------------------------------
     def task(self, namespace: str, name: str) -> float | None:
         started = time.monotonic()
-        latest: dict[str, Any] | None = None
+        written = Written()
         try:
             for _ in range(MAX_ROUNDS):
-                delay, latest = self._task_round(namespace, name, latest)
+                delay, written = self._task_round(namespace, name, written)
                 if delay != 0:
                     return delay
             return 0.5
@@ -93,15 +109,15 @@ class Reconciler:
             )
 
     def _task_round(
-        self, namespace: str, name: str, latest: dict[str, Any] | None
-    ) -> tuple[float | None, dict[str, Any] | None]:
+        self, namespace: str, name: str, written: Written
+    ) -> tuple[float | None, Written]:
         """One round: read, decide, act, write the status. Returns the delay before the next
-        round (0: at once) and the task as the status write returned it, which the next
-        round uses instead of reading the task again (None: read it)."""
-        body = latest or self.kube.get(FINE_TUNING_TASK.plural, namespace, name)
+        round (0: at once) and the objects this round's writes returned, which the next
+        round uses instead of reading them again."""
+        body = written.task or self.kube.get(FINE_TUNING_TASK.plural, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             METRICS.task_phase(namespace, name, None)
-            return None, None
+            return None, Written()
         now = _now()
         try:
             task = TaskObject.from_body(body)
@@ -110,14 +126,16 @@ class Reconciler:
             generation = int(body["metadata"].get("generation", 1))
             message = f"the spec cannot be used: {_first_error(error)}"
             self._write_task_status(body, old, invalid_spec(old, generation, message, now))
-            return None, None
-        model_body = self.kube.get(TUNED_MODEL.plural, namespace, task.spec.model_ref.name)
+            return None, Written()
+        model_body = written.model_named(task.spec.model_ref.name) or self.kube.get(
+            TUNED_MODEL.plural, namespace, task.spec.model_ref.name
+        )
         model = ModelObject.from_body(model_body) if model_body else None
         try:
             jobs = self._observe_jobs(task, model)
         except EffectError as error:
             log.warning("%s/%s: reading trial results failed: %s", namespace, name, error)
-            return retry_delay(task.status, now), None
+            return retry_delay(task.status, now), Written()
         experiment_id = self._experiment(task)
         decision = decide_task(
             task, model, jobs, self.config.defaults, now, experiment_id=experiment_id
@@ -125,6 +143,7 @@ class Reconciler:
         status = decision.status
         events = list(decision.events)
         checked = False
+        model_written: dict[str, Any] | None = None
         for action in decision.actions:
             try:
                 if isinstance(action, CreateJob) and model is not None and not checked:
@@ -133,9 +152,9 @@ class Reconciler:
                     if storage is not None:
                         self.effects.preflight(namespace, storage)
                     checked = True
-                self.effects.apply(namespace, action)
+                model_written = self.effects.apply(namespace, action) or model_written
             except StaleReadError:
-                return 0, None
+                return 0, Written()
             except EffectError as error:
                 METRICS.reconcile_errors.labels(FINE_TUNING_TASK.kind).inc()
                 status = action_failed(
@@ -150,13 +169,13 @@ class Reconciler:
                 ]
                 self._write_task_status(body, task.status, status)
                 self._emit(body, events)
-                return retry_delay(status, now), None
-        written = self._write_task_status(body, task.status, status)
+                return retry_delay(status, now), Written()
+        task_written = self._write_task_status(body, task.status, status)
         self._emit(body, events)
         self._count(task.status, status, now)
         if status.phase == "Succeeded" and task.status.phase != "Succeeded":
             self._record_chart(task, status)
-        return decision.requeue_after, written
+        return decision.requeue_after, Written(task_written, model_written)
 
     def _record_chart(self, task: TaskObject, status: FineTuningTaskStatus) -> None:
         """Best effort: the chart helps people, the task's outcome does not depend on it."""

@@ -2,20 +2,25 @@
 through the operator (one trial succeeding, one failing), neither key appears anywhere a
 user or another tenant could read it: the custom resources (spec and status), the
 namespace's Events, Jobs and Pods, the operator's log, the trainers' logs, or MLflow
-(experiment tags, and every run's parameters, tags and metric names)."""
+(experiment tags, and every run's parameters, tags and metric names). The operator reads
+the Secret at most once per `SECRET_CACHE_SECONDS`, not once per trial and launch."""
 
 from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client
 from mlflow.tracking import MlflowClient
 
+from devcluster.audit import events
 from devcluster.nodeagent.pods import pods_root
 from devcluster.state import ClusterInfo
+from kubetune.clients.kube import USER_AGENT
+from kubetune.effects import SECRET_CACHE_SECONDS
 from tests.conftest import Kubectl
 from tests.e2e.fixtures import (
     CREDENTIALS_SECRET,
@@ -70,6 +75,21 @@ def _credential_env_is_referenced(job: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _secret_reads(state_dir: Path, namespace: str, name: str, before: datetime) -> int:
+    """The operator's GETs of the Secret that reached the apiserver before `before`."""
+    return sum(
+        1
+        for event in events(state_dir)
+        if event.get("stage") == "ResponseComplete"
+        and event.get("userAgent") == USER_AGENT
+        and event.get("verb") == "get"
+        and event.get("objectRef", {}).get("resource") == "secrets"
+        and event["objectRef"].get("namespace") == namespace
+        and event["objectRef"].get("name") == name
+        and datetime.fromisoformat(event["requestReceivedTimestamp"]) < before
+    )
+
+
 def test_credentials_never_leave_the_secret(
     kubectl: Kubectl,
     tenant: str,
@@ -114,6 +134,13 @@ def test_credentials_never_leave_the_secret(
     texts |= _mlflow_texts(devcluster.mlflow_uri, experiment_id)
 
     assert not _leaks(texts, secrets), _leaks(texts, secrets)
+    # Loads of the cached credentials are at least SECRET_CACHE_SECONDS apart.
+    read_at = datetime.now(UTC)
+    created = datetime.fromisoformat(
+        get(kubectl, tenant, "finetuningtask", "leaks")["metadata"]["creationTimestamp"]
+    )
+    reads = _secret_reads(Path(devcluster.state_dir), tenant, CREDENTIALS_SECRET, read_at)
+    assert 1 <= reads <= (read_at - created).total_seconds() // SECRET_CACHE_SECONDS + 1, reads
     # Not vacuous: the same search finds both keys where they belong, in the Secret.
     stored = core.read_namespaced_secret(CREDENTIALS_SECRET, tenant).data
     decoded = {key: base64.b64decode(value).decode() for key, value in stored.items()}

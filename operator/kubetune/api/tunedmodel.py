@@ -71,7 +71,11 @@ class StorageSpec(ApiModel):
         default=None, max_length=64, pattern=r"^[a-z0-9-]+$", description="S3 region."
     )
     credentials_secret: CredentialsSecretRef | None = Field(
-        default=None, description="Secret with the S3 access key pair."
+        default=None,
+        description=(
+            "Secret with the S3 access key pair. The operator reads it at most once every"
+            " 30 s, so a rotated key is in use within 30 s."
+        ),
     )
 
 

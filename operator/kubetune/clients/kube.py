@@ -19,6 +19,11 @@ from kubetune.api import GROUP, VERSION
 from kubetune.manifests import LABEL_TASK
 
 
+USER_AGENT = "kubetune-operator"
+"""How the operator's own requests are named in the apiserver's audit log (kopf's watches
+carry kopf's name)."""
+
+
 class ConflictError(RuntimeError):
     """A conditional write lost a race; reconcile again with fresh reads."""
 
