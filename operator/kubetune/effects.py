@@ -35,10 +35,11 @@ from kubetune.locations import ResolvedStorage
 from kubetune.metrics import METRICS
 from kubetune.patch import merge_patch
 
-SECRET_CACHE_SECONDS = 30.0
-"""How long credentials read from a Secret are used before it is read again: a rotated
-key reaches the operator within this time, and a busy operator reads each Secret at most
-once per interval instead of once per trial result and per launch."""
+STORAGE_CACHE_SECONDS = 30.0
+"""How long credentials read from a Secret, and a bucket that passed the pre-launch check,
+are reused: a rotated key reaches the operator within this time, and a busy operator reads
+each Secret and checks each bucket at most once per interval instead of once per trial
+result and per launch."""
 
 
 class EffectError(RuntimeError):
@@ -58,7 +59,10 @@ class StaleReadError(EffectError):
 class Effects:
     kube: Kube
     secrets: ExpiringCache[tuple[str, str], dict[str, str]] = field(
-        default_factory=lambda: ExpiringCache(SECRET_CACHE_SECONDS)
+        default_factory=lambda: ExpiringCache(STORAGE_CACHE_SECONDS)
+    )
+    checked_buckets: ExpiringCache[tuple[str | None, ...], bool] = field(
+        default_factory=lambda: ExpiringCache(STORAGE_CACHE_SECONDS)
     )
 
     def storage(self, namespace: str, resolved: ResolvedStorage) -> Storage:
@@ -84,9 +88,18 @@ class Effects:
         )
 
     def preflight(self, namespace: str, resolved: ResolvedStorage) -> None:
-        """Before trials start: the credentials exist and the bucket answers."""
-        try:
+        """Before trials start: the credentials exist and the bucket answers (a success is
+        kept for `STORAGE_CACHE_SECONDS`, a failure is checked again at the next launch)."""
+
+        def check() -> bool:
             self.storage(namespace, resolved).check_bucket(resolved.bucket)
+            return True
+
+        ref = resolved.credentials_secret
+        credentials = json.dumps(ref.to_json(), sort_keys=True) if ref else None
+        key = (namespace, resolved.bucket, resolved.endpoint, resolved.region, credentials)
+        try:
+            self.checked_buckets.get(key, check)
         except StorageError as error:
             raise EffectError(str(error)) from error
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -19,6 +18,7 @@ from kubernetes.client.rest import ApiException
 
 from kubetune.api import FINE_TUNING_TASK, GROUP, TUNED_MODEL, VERSION
 from kubetune.api.conditions import TERMINAL_PHASES
+from kubetune.clients.events import EventRecorder
 from kubetune.clients.kube import USER_AGENT, Kube
 from kubetune.clients.lease import Leases
 from kubetune.clients.s3 import Storage
@@ -34,6 +34,8 @@ log = logging.getLogger("kubetune")
 JOB_EVENT_DELAY_SECONDS = 1.0
 """A trial Job changes several times within a second as its Pod starts or ends (active,
 ready, conditions, completion time); one reconcile a little later sees them all."""
+EVENT_FLUSH_SECONDS = 5.0
+"""At shutdown, how long Events still waiting may take to be posted."""
 
 
 class Operator:
@@ -43,7 +45,8 @@ class Operator:
         api = _api_client()
         kube = Kube(api)
         self.config = config
-        self.reconciler = Reconciler(kube, Effects(kube), config, _event_sink(kube))
+        self.events = EventRecorder(kube)
+        self.reconciler = Reconciler(kube, Effects(kube), config, self.events.record)
         election = config.leader_election
         self.elector = (
             LeaderElector(Leases(api, election.namespace, election.lease_name), election)
@@ -60,6 +63,7 @@ class Operator:
         """Start no reconcile and wait for those in flight (blocking): after this, the
         process writes nothing more, so a successor may take over."""
         self.workers.drain()
+        self.events.close(EVENT_FLUSH_SECONDS)
 
 
 def _api_client() -> Any:
@@ -72,19 +76,6 @@ def _api_client() -> Any:
     api = client.ApiClient()
     api.user_agent = USER_AGENT
     return api
-
-
-def _event_sink(kube: Kube) -> Callable[[dict[str, Any], str, str, str], None]:
-    """Events are posted by our own client: reconciles run in worker threads, outside the
-    handler context that `kopf.event` needs. A lost Event must not fail a reconcile."""
-
-    def record(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        try:
-            kube.post_event(body, type_, reason, message)
-        except (ApiException, OSError) as error:  # informational: the status already says it
-            log.warning("Event %s on %s not recorded: %s", reason, body["metadata"]["name"], error)
-
-    return record
 
 
 OPERATOR: Operator | None = None

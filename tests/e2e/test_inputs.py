@@ -60,7 +60,12 @@ def test_missing_model_and_secret_are_reported_then_resolved(
         timeout=120,
     )
     assert f'Secret "{CREDENTIALS_SECRET}" not found' in condition["message"]
-    assert any(CREDENTIALS_SECRET in w for w in _warnings(kubectl, namespace))
+    # Events are posted in the background, just after the status.
+    wait_for(
+        lambda: any(CREDENTIALS_SECRET in w for w in _warnings(kubectl, namespace)),
+        "a Warning Event naming the Secret",
+        timeout=30,
+    )
 
     core.create_namespaced_secret(namespace, credentials_secret(devcluster, namespace))
     status = wait_phase(kubectl, namespace, "early", {"Succeeded", "Failed"})["status"]

@@ -3,7 +3,7 @@ through the operator (one trial succeeding, one failing), neither key appears an
 user or another tenant could read it: the custom resources (spec and status), the
 namespace's Events, Jobs and Pods, the operator's log, the trainers' logs, or MLflow
 (experiment tags, and every run's parameters, tags and metric names). The operator reads
-the Secret at most once per `SECRET_CACHE_SECONDS`, not once per trial and launch."""
+the Secret at most once per `STORAGE_CACHE_SECONDS`, not once per trial and launch."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from devcluster.audit import events
 from devcluster.nodeagent.pods import pods_root
 from devcluster.state import ClusterInfo
 from kubetune.clients.kube import USER_AGENT
-from kubetune.effects import SECRET_CACHE_SECONDS
+from kubetune.effects import STORAGE_CACHE_SECONDS
 from tests.conftest import Kubectl
 from tests.e2e.fixtures import (
     CREDENTIALS_SECRET,
@@ -134,13 +134,13 @@ def test_credentials_never_leave_the_secret(
     texts |= _mlflow_texts(devcluster.mlflow_uri, experiment_id)
 
     assert not _leaks(texts, secrets), _leaks(texts, secrets)
-    # Loads of the cached credentials are at least SECRET_CACHE_SECONDS apart.
+    # Loads of the cached credentials are at least STORAGE_CACHE_SECONDS apart.
     read_at = datetime.now(UTC)
     created = datetime.fromisoformat(
         get(kubectl, tenant, "finetuningtask", "leaks")["metadata"]["creationTimestamp"]
     )
     reads = _secret_reads(Path(devcluster.state_dir), tenant, CREDENTIALS_SECRET, read_at)
-    assert 1 <= reads <= (read_at - created).total_seconds() // SECRET_CACHE_SECONDS + 1, reads
+    assert 1 <= reads <= (read_at - created).total_seconds() // STORAGE_CACHE_SECONDS + 1, reads
     # Not vacuous: the same search finds both keys where they belong, in the Secret.
     stored = core.read_namespaced_secret(CREDENTIALS_SECRET, tenant).data
     decoded = {key: base64.b64decode(value).decode() for key, value in stored.items()}

@@ -18,7 +18,6 @@ from kubernetes.client.rest import ApiException
 from kubetune.api import GROUP, VERSION
 from kubetune.manifests import LABEL_TASK
 
-
 USER_AGENT = "kubetune-operator"
 """How the operator's own requests are named in the apiserver's audit log (kopf's watches
 carry kopf's name)."""
@@ -116,10 +115,13 @@ class Kube:
                 raise
 
     # -- Events ---------------------------------------------------------------------
-    def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        """A core/v1 Event about one of the operator's objects, as `kubectl describe` shows."""
+    def post_event(
+        self, body: dict[str, Any], type_: str, reason: str, message: str, at: datetime
+    ) -> None:
+        """A core/v1 Event about one of the operator's objects, as `kubectl describe` shows,
+        that happened `at`."""
         meta = body["metadata"]
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        now = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         self.core.create_namespaced_event(
             meta["namespace"],
             {
