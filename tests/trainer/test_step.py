@@ -1,5 +1,6 @@
-"""The step's loss inputs on several processes (gloo on CPU): what each process gathers, and
-the gradient each gets back, are those of the whole batch on one process."""
+"""The step on several processes (gloo on CPU): what each process gathers, the gradient each
+gets back, and the graph path's averaged gradients and optimizer step are those of the whole
+batch on one process."""
 
 from __future__ import annotations
 
@@ -7,12 +8,18 @@ import socket
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from kubetune_trainer.batching import Batch, Packed
-from kubetune_trainer.step import loss_inputs
+from kubetune.contract import LossSpec
+from kubetune_trainer.batching import Batch, Packed, TokenizedExamples
+from kubetune_trainer.data import Example
+from kubetune_trainer.losses import build_loss
+from kubetune_trainer.model import EmbeddingModel, load_model
+from kubetune_trainer.step import forward_backward, loss_inputs
+from kubetune_trainer.sync import GradientBuckets, StagedForward, clip_in_step
 
 SHARES = (3, 2)
 NEGATIVE_SHARES = (0, 2)  # unequal, and none at all on one process
@@ -105,3 +112,106 @@ def test_loss_inputs_gather_the_whole_batch_and_send_gradients_to_their_owners(
         # every process computes the whole objective, so its rows get world_size times the
         # one-process gradient, which the gradient average divides back (see step.py)
         torch.testing.assert_close(got["grad"], 2 * expected)
+
+
+# The graph path's own gradient averaging (kubetune_trainer.sync), on the packaged model in
+# two stages: each process's averaged gradients, their norm and the clipped AdamW step equal
+# those of the whole batch on one process.
+
+EXAMPLES = [
+    Example(f"query {i} about {topic}", f"a document on {topic} " * (i % 4 + 1), negative)
+    for i, (topic, negative) in enumerate(
+        [
+            ("games", "a web server"),
+            ("json", None),
+            ("fonts", "a database"),
+            ("audio", None),
+            ("mail", "a mail server for many users"),
+            ("kernels", None),
+            ("editors", None),
+        ]
+    )
+]
+ORDER = [3, 6, 0, 5, 1, 4, 2]
+MAX_NORM = 0.05  # small enough that clipping acts
+
+
+def _model(model_dir: Path) -> tuple[EmbeddingModel, TokenizedExamples]:
+    torch.manual_seed(0)
+    model = load_model(model_dir, str(model_dir))
+    model.encoder.eval()  # no dropout: every process computes the same function
+    model.encoder.freeze_unused()
+    return model, TokenizedExamples(EXAMPLES, model, max_length=16)
+
+
+def _adamw_step(model: EmbeddingModel, fused: bool) -> torch.optim.AdamW:
+    parameters = [p for p in model.encoder.parameters() if p.requires_grad]
+    # eps well above the gradients' rounding noise, which a first Adam step would blow up
+    return torch.optim.AdamW(parameters, lr=1e-3, eps=1e-6, fused=fused)
+
+
+def _buckets_process(rank: int, port: int, out: Path, model_dir: Path, dtype: torch.dtype) -> None:
+    dist.init_process_group("gloo", f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    model, data = _model(model_dir)
+    stages = model.encoder.packed_stages(first_layers=2)
+    assert stages is not None
+    buckets = GradientBuckets([stage.trainable() for stage in stages], dtype)
+    encode = StagedForward(list(stages), buckets)
+    batch = data.collate(ORDER, rank, 2, graph_shapes=True, balance=True)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loss = forward_backward(encode, batch, build_loss("mnrl", LossSpec()), None, scaler, 16)
+    buckets.launch(0)  # the second stage's bucket was launched in the backward
+    buckets.finish()
+    names = [name for name, p in model.encoder.named_parameters() if p.requires_grad]
+    grads = {
+        name: p.grad.clone() for name, p in model.encoder.named_parameters() if p.grad is not None
+    }
+    norm = buckets.norm()
+    optimizer = _adamw_step(model, fused=True)
+    clip_in_step(optimizer, list(grads.values()), norm, MAX_NORM)
+    optimizer.step()
+    weights = {
+        name: p.detach().clone() for name, p in model.encoder.named_parameters() if name in grads
+    }
+    assert sorted(grads) == sorted(names)
+    torch.save(
+        {"loss": loss, "grads": grads, "norm": norm, "weights": weights, "shares": batch.shares},
+        out / f"rank{rank}.pt",
+    )
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "tolerance", "weight_tolerance"),
+    [(torch.float32, 1e-5, 1e-6), (torch.bfloat16, 1e-2, 5e-4)],
+    ids=["fp32", "bf16"],
+)
+def test_gradient_buckets_average_to_the_one_process_gradient_and_step(
+    tmp_path: Path, model_dir: Path, dtype: torch.dtype, tolerance: float, weight_tolerance: float
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_buckets_process, args=(port, tmp_path, model_dir, dtype), nprocs=2)
+    model, data = _model(model_dir)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loss = forward_backward(
+        model.encoder, data.collate(ORDER), build_loss("mnrl", LossSpec()), None, scaler, 16
+    )
+    named = {name: p for name, p in model.encoder.named_parameters() if p.requires_grad}
+    norm = torch.nn.utils.clip_grad_norm_(named.values(), MAX_NORM)  # clips in place
+    grads = {name: p.grad.clone() for name, p in named.items() if p.grad is not None}
+    _adamw_step(model, fused=False).step()
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert got["shares"] == (4, 3)
+        torch.testing.assert_close(got["loss"], loss.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got["norm"], norm, rtol=tolerance, atol=0)
+        assert got["grads"].keys() == grads.keys()
+        for name, grad in grads.items():  # the reference was clipped; the buckets' are not
+            expected = grad * (norm + 1e-6) / MAX_NORM
+            # (a key bias's gradient is zero up to rounding: compare it on the whole's scale)
+            scale = expected.abs().max().clamp_min(1e-4 * norm)
+            assert (got["grads"][name] - expected).abs().max() <= tolerance * scale, name
+        for name, weight in got["weights"].items():
+            torch.testing.assert_close(weight, named[name].detach(), rtol=0, atol=weight_tolerance)

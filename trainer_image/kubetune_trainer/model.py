@@ -24,6 +24,7 @@ import copy
 import json
 import logging
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -206,12 +207,30 @@ def _packed_bert_states(
 ) -> Tensor:
     """BERT's last hidden states [N, H] for packed texts, through the model's own modules
     (so LoRA layers that peft injected into them take part)."""
-    embeddings = bert.embeddings
+    states = _packed_bert_embeddings(bert.embeddings, input_ids, position_ids)
+    return _packed_bert_layers(
+        bert.encoder.layer, states, position_ids, sequence_index, cu_seqlens, max_length
+    )
+
+
+def _packed_bert_embeddings(
+    embeddings: nn.Module, input_ids: Tensor, position_ids: Tensor
+) -> Tensor:
     states = embeddings.word_embeddings(input_ids) + embeddings.token_type_embeddings.weight[0]
     states = states + embeddings.position_embeddings(position_ids)
-    states = embeddings.dropout(embeddings.LayerNorm(states))
-    tokens = input_ids.shape[0]
-    for layer in bert.encoder.layer:
+    return embeddings.dropout(embeddings.LayerNorm(states))
+
+
+def _packed_bert_layers(
+    layers: Iterable[nn.Module],
+    states: Tensor,
+    position_ids: Tensor,
+    sequence_index: Tensor,
+    cu_seqlens: Tensor,
+    max_length: int,
+) -> Tensor:
+    tokens = states.shape[0]
+    for layer in layers:
         attention = layer.attention.self
         heads = attention.num_attention_heads
         shape = (tokens, heads, attention.attention_head_size)
@@ -227,6 +246,49 @@ def _packed_bert_states(
         states = layer.attention.output(context.reshape(tokens, -1), states)
         states = layer.output(layer.intermediate(states), states)
     return states
+
+
+class PackedStage(nn.Module):
+    """A consecutive piece of the packed BERT forward (`Encoder.packed_stages`): the token
+    embeddings if it is the first (then it takes token ids, else the previous stage's token
+    states), some transformer layers, and the pooling if it is the last; otherwise the same
+    arguments as `Encoder.forward`. It shares its modules with the encoder."""
+
+    def __init__(
+        self,
+        bert: nn.Module,
+        layers: list[nn.Module],
+        first: bool,
+        pooling: Pooling | None,
+        normalize: bool,
+    ) -> None:
+        super().__init__()
+        self.embeddings = bert.embeddings if first else None
+        self.layers = nn.ModuleList(layers)
+        self.pooling = pooling
+        self.normalize = normalize
+
+    def forward(
+        self,
+        inputs: Tensor,
+        position_ids: Tensor,
+        sequence_index: Tensor,
+        cu_seqlens: Tensor,
+        max_length: int,
+    ) -> Tensor:
+        states = inputs
+        if self.embeddings is not None:
+            states = _packed_bert_embeddings(self.embeddings, inputs, position_ids)
+        states = _packed_bert_layers(
+            self.layers, states, position_ids, sequence_index, cu_seqlens, max_length
+        )
+        if self.pooling is None:
+            return states
+        pooled = pool_packed(states, sequence_index, cu_seqlens, self.pooling)
+        return F.normalize(pooled, dim=-1) if self.normalize else pooled
+
+    def trainable(self) -> list[nn.Parameter]:
+        return [parameter for parameter in self.parameters() if parameter.requires_grad]
 
 
 class Encoder(nn.Module):
@@ -272,6 +334,27 @@ class Encoder(nn.Module):
         padded = input_ids.new_zeros(texts * max_length).index_copy(0, slots, input_ids)
         mask = torch.zeros_like(padded).index_fill(0, slots, 1).view(texts, max_length)
         return self.embed_padded(padded.view(texts, max_length), mask)
+
+    def packed_stages(self, first_layers: int | None = None) -> list[PackedStage] | None:
+        """The packed forward cut in two, for BERT models (None for others): the first stage
+        embeds the tokens and runs `first_layers` transformer layers (by default a sixth of
+        them, at least one), the second runs the rest and pools.
+
+        Compiled apart, each stage's backward is a graph of its own, so the gradients of the
+        second stage's parameters are complete while the first stage's backward still runs:
+        several processes can start averaging them then (`kubetune_trainer.sync`).
+        """
+        bert = _bert(self.transformer)
+        if bert is None:
+            return None
+        layers = list(bert.encoder.layer)
+        cut = max(1, len(layers) // 6) if first_layers is None else first_layers
+        if not 0 < cut < len(layers):
+            return None
+        return [
+            PackedStage(bert, layers[:cut], True, None, False),
+            PackedStage(bert, layers[cut:], False, self.pooling, self.normalize),
+        ]
 
     def freeze_unused(self) -> None:
         """Stop training parameters the packed forward never uses (BERT's pooler), so that

@@ -3,16 +3,20 @@
 AdamW (fused on CUDA; no weight decay on biases and norm weights), linear warmup then linear
 decay to zero, autocast in the trial's precision (a loss scaler only for fp16), gradient
 clipping, and optionally gradient caching. On CUDA the encoder's packed forward is compiled
-(`torch.compile`, one dynamic-shape graph) and, with `cuda_graphs` (off by default: it
-gains nothing on BERT-base on one GPU, though on two it scales better than DDP,
-docs/benchmarks.md), replayed as CUDA graphs: each batch is padded with dummy texts to one
-of a few shapes, the same on every process (`batching.graph_shape`), and the host issues a
-whole forward or backward as one replay instead of hundreds of kernel launches.
-With several processes, gradients are then averaged in one all-reduce after the backward;
-without CUDA graphs (or with gradient caching) the encoder is wrapped in
-DistributedDataParallel instead. Nothing in an ordinary step waits for the accelerator: batches come
-from pre-tokenized arrays through pinned memory, and the loss stays on the device until a
-logging step reads it, so the host queues the next step while the GPU runs this one.
+(`torch.compile`, one dynamic-shape graph). With `cuda_graphs` it is also replayed as CUDA
+graphs: each batch is padded with dummy texts to one of a few shapes, the same on every
+process (`batching.graph_shape`), and the host issues a whole forward or backward as one
+replay instead of hundreds of kernel launches. That is the default with several processes
+(a multi-GPU trial scales far better so, docs/benchmarks.md) and off on one GPU, where it
+gains nothing on BERT-base. With several processes and CUDA graphs there is no
+DistributedDataParallel: every process gets a share of each batch balanced by tokens, the
+forward of BERT models runs in two compiled stages, and the trainer averages gradients in
+buckets, the second stage's while the first stage's backward runs (`kubetune_trainer.sync`);
+clipping then folds into the fused AdamW step. Without CUDA graphs (or with gradient
+caching) the encoder is wrapped in DistributedDataParallel instead. Nothing in an ordinary
+step waits for the accelerator: batches come from pre-tokenized arrays through pinned
+memory, and the loss stays on the device until a logging step reads it, so the host queues
+the next step while the GPU runs this one.
 Evaluation and resumable state saves happen every N steps as configured; `Trainer.state` /
 `restore` make a restarted run continue with the same weights, optimizer, schedule, batches
 and random state.
@@ -34,8 +38,9 @@ from kubetune.contract import TrialConfig
 from kubetune_trainer.batching import Batch, BatchSchedule, TokenizedExamples
 from kubetune_trainer.errors import TrainingError
 from kubetune_trainer.losses import Loss
-from kubetune_trainer.model import Encoder
+from kubetune_trainer.model import Encoder, PackedStage
 from kubetune_trainer.step import EncodeFn, cached_forward_backward, forward_backward
+from kubetune_trainer.sync import GradientBuckets, StagedForward, clip_in_step
 from kubetune_trainer.tracking import LogPoint, Observer
 
 
@@ -66,13 +71,18 @@ class GradientSync:
     it the whole model is one graph and every all-reduce waits for the end of the backward.
     `bf16` sends gradients in bf16, half the bytes of fp32 (averaged in fp32 afterwards);
     it also applies with CUDA graphs, where the trainer averages the gradients itself, without
-    DDP, in one bf16 all-reduce (only `bf16` applies there).
+    DDP (`kubetune_trainer.sync`); there only `bf16` and `overlap` apply. `overlap` runs a BERT
+    model's forward in two compiled stages so that the second stage's gradients are averaged
+    during the first stage's backward; without it, all are averaged after the backward.
+    `first_stage_layers` sets the cut (default: a sixth of the layers, at least one).
     """
 
     split_graph: bool = True
     bf16: bool = False
     bucket_cap_mb: float = 25.0
     static_graph: bool = False
+    overlap: bool = True
+    first_stage_layers: int | None = None
 
 
 def _broadcast_from_lead(module: torch.nn.Module) -> None:
@@ -81,20 +91,6 @@ def _broadcast_from_lead(module: torch.nn.Module) -> None:
     with torch.no_grad():
         for tensor in [*module.parameters(), *module.buffers()]:
             dist.broadcast(tensor, src=0)
-
-
-def _average_gradients(parameters: list[torch.nn.Parameter], dtype: torch.dtype) -> None:
-    """Average the gradients over all processes in one all-reduce, as DDP would in buckets,
-    sent in `dtype` (bf16 halves the bytes, as DDP's `bf16_compress_hook` does). Unlike DDP's
-    it does not overlap the backward; for BERT-base's fp32 gradients it costs about 1.5 ms
-    (docs/benchmarks.md), less than DDP's hooks cost the host."""
-    grads = [parameter.grad for parameter in parameters if parameter.grad is not None]
-    sizes = [grad.numel() for grad in grads]
-    flat = torch.empty(sum(sizes), dtype=dtype, device=grads[0].device)
-    parts = [part.view_as(grad) for part, grad in zip(flat.split(sizes), grads, strict=True)]
-    torch._foreach_copy_(parts, grads)  # one multi-tensor kernel, casting to `dtype`
-    dist.all_reduce(flat, op=dist.ReduceOp.AVG)
-    torch._foreach_copy_(grads, parts)
 
 
 @dataclass(frozen=True)
@@ -107,7 +103,8 @@ class TrainOutcome:
 
 
 class Trainer:
-    """Trains `encoder` on `data` for the config's number of steps."""
+    """Trains `encoder` on `data` for the config's number of steps; `cuda_graphs` None means
+    on with several processes on CUDA, off on one."""
 
     def __init__(
         self,
@@ -121,7 +118,7 @@ class Trainer:
         observer: Observer,
         save_state: Callable[[dict[str, Any]], None] | None,
         gradient_sync: GradientSync = GradientSync(),
-        cuda_graphs: bool = False,
+        cuda_graphs: bool | None = None,
     ) -> None:
         hyper = config.hyperparameters
         self.gradient_sync = gradient_sync
@@ -166,22 +163,31 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         # a CUDA graph replays one fixed forward and backward per step; gradient caching runs
         # several forwards of varying size per step, so it keeps the dynamic-shape graph
+        if cuda_graphs is None:
+            cuda_graphs = self.world_size > 1
         self.cuda_graphs = (
             cuda_graphs and device.type == "cuda" and not config.gradient_cache.enabled
         )
+        self.buckets: GradientBuckets | None = None
         self.encode = self._training_forward()
 
     def _training_forward(self) -> EncodeFn:
         """The encoder as the step calls it: compiled on CUDA (on CPU, where tests run,
         compiling would cost more than it saves), with CUDA graphs or DDP-wrapped with
         several processes. With CUDA graphs there is no DDP: its per-parameter hooks would
-        bring back the host time the graphs save (`_average_gradients` does its work)."""
+        bring back the host time the graphs save (`kubetune_trainer.sync` does its work)."""
         module: torch.nn.Module = self.encoder
         sync = self.gradient_sync
         if self.cuda_graphs:
-            if self.world_size > 1:
-                _broadcast_from_lead(module)
-            return torch.compile(module, mode="reduce-overhead")  # type: ignore[return-value]
+            if self.world_size == 1:
+                return torch.compile(module, mode="reduce-overhead")  # type: ignore[return-value]
+            _broadcast_from_lead(module)
+            stages = self.encoder.packed_stages(sync.first_stage_layers) if sync.overlap else None
+            compiled = [
+                torch.compile(stage, mode="reduce-overhead") for stage in stages or [module]
+            ]
+            self.buckets = self._buckets(stages)
+            return StagedForward(compiled, self.buckets)  # type: ignore[arg-type]
         if self.world_size > 1:
             ddp = torch.nn.parallel.DistributedDataParallel(
                 module,
@@ -198,6 +204,24 @@ class Trainer:
         if self.device.type == "cuda":
             return torch.compile(module)  # type: ignore[return-value]
         return module
+
+    def _buckets(self, stages: list[PackedStage] | None) -> GradientBuckets:
+        """One gradient bucket per stage (all parameters in one without stages)."""
+        everything = list(self.parameters.values())
+        groups = [everything] if stages is None else [stage.trainable() for stage in stages]
+        if sorted(map(id, everything)) != sorted(id(p) for group in groups for p in group):
+            raise TrainingError("the packed stages do not hold every trainable parameter once")
+        dtype = torch.bfloat16 if self.gradient_sync.bf16 else torch.float32
+        return GradientBuckets(groups, dtype)
+
+    def _clip(self, max_norm: float) -> None:
+        """Clip gradients to `max_norm` in all; with gradient buckets, from their norm and in
+        the optimizer step (`sync.clip_in_step`)."""
+        if self.buckets is None or self.scaler.is_enabled():
+            torch.nn.utils.clip_grad_norm_(self.parameters.values(), max_norm)
+            return
+        grads = [p.grad for p in self.parameters.values() if p.grad is not None]
+        clip_in_step(self.optimizer, grads, self.buckets.norm(), max_norm)
 
     def state(self) -> dict[str, Any]:
         """Everything needed to continue training from the current step."""
@@ -254,9 +278,9 @@ class Trainer:
         loss = forward_backward(
             self.encode, batch, self.loss_fn, self.amp_dtype, self.scaler, max_length
         )
-        if self.cuda_graphs and self.world_size > 1:
-            dtype = torch.bfloat16 if self.gradient_sync.bf16 else torch.float32
-            _average_gradients(list(self.parameters.values()), dtype)
+        if self.buckets is not None:  # the later stages' buckets were launched in the backward
+            self.buckets.launch(0)
+            self.buckets.finish()
         return loss
 
     def run(self) -> TrainOutcome:
@@ -269,13 +293,15 @@ class Trainer:
         window_start = time.perf_counter()
         while self.step < total:
             indices = self.schedule.indices(self.step)
-            batch = self.data.collate(indices, self.rank, self.world_size, self.cuda_graphs)
+            batch = self.data.collate(
+                indices, self.rank, self.world_size, self.cuda_graphs, balance=self.cuda_graphs
+            )
             batch = batch.to(self.device)
             loss_sum += self._backward(batch)
             if self.scaler.is_enabled():
                 self.scaler.unscale_(self.optimizer)
             if hyper.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.parameters.values(), hyper.max_grad_norm)
+                self._clip(hyper.max_grad_norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
