@@ -2,7 +2,7 @@
 # The GPU measurements of docs/benchmarks.md, run from the repository root on the GPU machine:
 #   bash bench/gpu_session.sh OUT_DIR STAGE...
 #   (stages: check speed speed-ours quality ddp trial2 ddp2 sweep sweep-defaults profile profile2
-#    net scaling ddp-variants search-random search-tpe search-tpe-prune)
+#    net scaling overlap ddp-variants search-random search-tpe search-tpe-prune)
 # Expects .bench/ (minilm/ as a sentence-transformers dir, debian-train.jsonl.gz,
 # debian-test.jsonl) and, where the machine lacks them, wheels in .whl/.
 set -u
@@ -91,6 +91,19 @@ print(torch.__version__, transformers.__version__, st.__version__, torch.cuda.de
             # shellcheck disable=SC2086
             torchrun --nproc-per-node $gpus bench/trainer_speed.py --data $data "${models[@]}" \
                 --skip-st ${SPEED_FLAGS:-} 2>&1 | tee -a "$out/scaling.log"
+        done
+        ;;
+    overlap)  # BERT-base: one GPU with graphs, then two: the default (graphs, overlapped
+        # buckets), bf16 buckets, and OVERLAP_VARIANT (flags; default --no-overlap); each run
+        # cut off after 135 s
+        run=(timeout 135 torchrun --nproc-per-node)
+        speed=(bench/trainer_speed.py --data $data "${models[@]}" --skip-st --measure bert-base
+            --warmup 100 --windows)
+        "${run[@]}" 1 "${speed[@]}" --cuda-graphs 2>&1 | tee -a "$out/overlap.log"
+        for flags in "" "--ddp-bf16" ${OVERLAP_VARIANT:---no-overlap}; do
+            echo "--- 2 GPUs: ${flags:-default}" | tee -a "$out/overlap.log"
+            # shellcheck disable=SC2086
+            "${run[@]}" 2 "${speed[@]}" $flags 2>&1 | tee -a "$out/overlap.log"
         done
         ;;
     ddp-variants)  # VARIANTS="name:flags;name:flags" (flags of bench/trainer_speed.py)

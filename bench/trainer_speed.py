@@ -22,8 +22,11 @@ synchronisation; sentence-transformers' between two synchronised trainer callbac
 Under `torchrun --nproc-per-node N` (with `--skip-st`), the script measures our trainer on N
 GPUs: every process runs its share of each batch and rank 0 prints the figures; the
 `--ddp-*` and `--no-optimize-ddp` flags set the trainer's `GradientSync`, which applies only
-without `--cuda-graphs` (with CUDA graphs there is no DDP wrapper), except `--ddp-bf16`, which
-also sets the dtype of the trainer's own all-reduce under CUDA graphs. `--windows` prints every
+without CUDA graphs (with CUDA graphs there is no DDP wrapper), except `--ddp-bf16`, which
+also sets the dtype of the trainer's own gradient buckets under CUDA graphs. CUDA graphs follow
+the trainer's default (on with several GPUs, off on one) unless `--cuda-graphs` or
+`--no-cuda-graphs` says otherwise; `--no-overlap` averages all gradients after the backward
+instead of the second stage's during it (`kubetune_trainer.sync`). `--windows` prints every
 logging window, with the CUDA graphs recorded so far: a window with a recording is no steady
 state, and the warm-up must outlast them.
 With `--profile DIR` it times nothing and instead profiles `--steps` steps after the warm-up
@@ -240,6 +243,8 @@ def _trainer(
             bf16=args.ddp_bf16,
             bucket_cap_mb=args.ddp_bucket_mb,
             static_graph=args.ddp_static_graph,
+            overlap=not args.no_overlap,
+            first_stage_layers=args.first_stage_layers,
         ),
         cuda_graphs=args.cuda_graphs,
     )
@@ -396,6 +401,12 @@ def main() -> None:
         required=True,
         help="NAME=DIR, or NAME=random for a random BERT-base with the first model's tokenizer",
     )
+    parser.add_argument(
+        "--measure",
+        action="append",
+        help="measure only the models of these names (default: all; a random model still "
+        "takes the first model's tokenizer)",
+    )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=20)
@@ -413,8 +424,20 @@ def main() -> None:
     parser.add_argument("--ddp-static-graph", action="store_true")
     parser.add_argument(
         "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        help="replay the compiled forward and backward as CUDA graphs (padded batches); "
+        "default: the trainer's (on with several GPUs)",
+    )
+    parser.add_argument(
+        "--first-stage-layers",
+        type=int,
+        help="with CUDA graphs on several GPUs: layers in the first compiled stage",
+    )
+    parser.add_argument(
+        "--no-overlap",
         action="store_true",
-        help="replay the compiled forward and backward as CUDA graphs (padded batches)",
+        help="with CUDA graphs on several GPUs: one compiled stage, gradients averaged after "
+        "the backward (GradientSync.overlap off)",
     )
     parser.add_argument(
         "--windows",
@@ -435,7 +458,7 @@ def main() -> None:
     if process.world_size > 1:
         dist.init_process_group("nccl", device_id=device)
     lead = process.lead
-    if args.cuda_graphs:
+    if args.cuda_graphs or (args.cuda_graphs is None and process.world_size > 1):
         _GraphWork.install()
     scratch = Path(tempfile.mkdtemp(prefix="bench-"))
     spec = DataSpec.model_validate({"train": [str(args.data)], "format": "pairs"})
@@ -456,6 +479,8 @@ def main() -> None:
         else:
             models[name] = Path(where)
     for name, model_dir in models.items():
+        if args.measure and name not in args.measure:
+            continue
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
             profile_ours(name, model_dir, examples, args, device, process)
