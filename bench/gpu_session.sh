@@ -100,7 +100,7 @@ print(torch.__version__, transformers.__version__, st.__version__, torch.cuda.de
         speed=(bench/trainer_speed.py --data $data "${models[@]}" --skip-st --measure bert-base
             --warmup 100 --windows)
         "${run[@]}" 1 "${speed[@]}" --cuda-graphs 2>&1 | tee -a "$out/overlap.log"
-        for flags in "" "--ddp-bf16" ${OVERLAP_VARIANT:---no-overlap}; do
+        for flags in "" "--ddp-bf16" "${OVERLAP_VARIANT:---no-overlap}"; do
             echo "--- 2 GPUs: ${flags:-default}" | tee -a "$out/overlap.log"
             # shellcheck disable=SC2086
             "${run[@]}" 2 "${speed[@]}" $flags 2>&1 | tee -a "$out/overlap.log"
