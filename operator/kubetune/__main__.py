@@ -29,9 +29,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--log-level", default=os.environ.get("KUBETUNE_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    level = logging.getLevelName(args.log_level.upper())
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if isinstance(level, int) and level >= logging.INFO:
+        # kopf logs "Handler ... succeeded" for every watch event (thousands a minute on a
+        # busy cluster); its warnings and errors still show.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     namespaces = args.namespace or [
         n for n in os.environ.get("KUBETUNE_NAMESPACES", "").split(",") if n
     ]

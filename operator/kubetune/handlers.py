@@ -42,7 +42,9 @@ class Operator:
     """The wiring: configuration, clients, the reconciler and one queue per kind."""
 
     def __init__(self, config: OperatorConfig) -> None:
-        api = _api_client()
+        # One connection per reconcile thread, plus the Event poster and the leader elector:
+        # a smaller pool drops connections, and each new one costs a TLS handshake.
+        api = _api_client(pool_size=config.workers + 2)
         kube = Kube(api)
         self.config = config
         self.events = EventRecorder(kube)
@@ -66,16 +68,32 @@ class Operator:
         self.events.close(EVENT_FLUSH_SECONDS)
 
 
-def _api_client() -> Any:
+def _api_client(pool_size: int) -> Any:
     try:
         kube_config.load_incluster_config()
     except kube_config.ConfigException:
         kube_config.load_kube_config()
     from kubernetes import client
 
-    api = client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = pool_size
+    api = client.ApiClient(configuration)
     api.user_agent = USER_AGENT
     return api
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf keeps a deep copy of every object it sees, to diff it for change handlers. This
+    operator has none (only raw event handlers), so nothing would ever read those copies."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
 
 
 OPERATOR: Operator | None = None
@@ -93,6 +111,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     OPERATOR = Operator(config)
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
+    settings.persistence.diffbase_storage = NoDiffBase()
     if config.metrics_port:
         METRICS.serve(config.metrics_port)
     OPERATOR.workers.start()

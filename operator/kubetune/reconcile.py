@@ -26,6 +26,7 @@ from kubetune.config import OperatorConfig
 from kubetune.contract import TrialProgress, TrialResult, mlflow_eval_metric
 from kubetune.decide import (
     CreateJob,
+    DeleteJob,
     Event,
     ModelObject,
     ObservedJob,
@@ -77,6 +78,10 @@ class Written:
 
     task: dict[str, Any] | None = None
     model: dict[str, Any] | None = None
+    jobs: list[dict[str, Any]] | None = None
+    """The task's Jobs as this reconcile listed them, while no round since created or
+    deleted one. A Job's own changes after the list come as events, like any change after
+    a read."""
 
     def model_named(self, name: str) -> dict[str, Any] | None:
         """The written TunedModel, if it is the one named (the task's modelRef may have
@@ -131,8 +136,11 @@ class Reconciler:
             TUNED_MODEL.plural, namespace, task.spec.model_ref.name
         )
         model = ModelObject.from_body(model_body) if model_body else None
+        listed = written.jobs
+        if listed is None:
+            listed = self.kube.task_jobs(namespace, task.name)
         try:
-            jobs = self._observe_jobs(task, model)
+            jobs = self._observe_jobs(task, model, listed)
         except EffectError as error:
             log.warning("%s/%s: reading trial results failed: %s", namespace, name, error)
             return retry_delay(task.status, now), Written()
@@ -175,7 +183,10 @@ class Reconciler:
         self._count(task.status, status, now)
         if status.phase == "Succeeded" and task.status.phase != "Succeeded":
             self._record_chart(task, status)
-        return decision.requeue_after, Written(task_written, model_written)
+        jobs_changed = any(isinstance(a, CreateJob | DeleteJob) for a in decision.actions)
+        return decision.requeue_after, Written(
+            task_written, model_written, None if jobs_changed else listed
+        )
 
     def _record_chart(self, task: TaskObject, status: FineTuningTaskStatus) -> None:
         """Best effort: the chart helps people, the task's outcome does not depend on it."""
@@ -205,8 +216,9 @@ class Reconciler:
                 "%s/%s: recording the trial chart failed: %s", task.namespace, task.name, error
             )
 
-    def _observe_jobs(self, task: TaskObject, model: ModelObject | None) -> list[ObservedJob]:
-        jobs = self.kube.task_jobs(task.namespace, task.name)
+    def _observe_jobs(
+        self, task: TaskObject, model: ModelObject | None, jobs: list[dict[str, Any]]
+    ) -> list[ObservedJob]:
         observed = [observe_job(j) for j in jobs]
         if pods_needed(task.status, observed):
             by_job: dict[str, list[dict[str, Any]]] = {}
