@@ -28,6 +28,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor
+from torch.distributed.nn.functional import all_gather
 
 from kubetune_trainer.batching import Batch, Packed
 from kubetune_trainer.losses import Loss, LossInputs
@@ -68,9 +69,7 @@ def _gather(tensors: list[Tensor], shares: tuple[int, ...]) -> list[Tensor]:
     if len(shares) == 1:
         return tensors
     most = max(shares)
-    parts = torch.distributed.nn.functional.all_gather(
-        torch.cat([_fill(tensor, most) for tensor in tensors])
-    )
+    parts = all_gather(torch.cat([_fill(tensor, most) for tensor in tensors]))
     rows = [(part, count) for part, count in zip(parts, shares, strict=True)]
     return [
         torch.cat([part[k * most : k * most + count] for part, count in rows])
