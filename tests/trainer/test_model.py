@@ -11,7 +11,7 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-from kubetune.contract import LossSpec
+from kubetune.contract import LoraSpec, LossSpec
 from kubetune_trainer import model as model_module
 from kubetune_trainer.batching import (
     BatchSchedule,
@@ -23,7 +23,7 @@ from kubetune_trainer.batching import (
 from kubetune_trainer.data import Example
 from kubetune_trainer.evaluation import encode
 from kubetune_trainer.losses import build_loss
-from kubetune_trainer.model import export, load_model, pool, read_layout
+from kubetune_trainer.model import apply_lora, export, load_model, pool, read_layout
 from kubetune_trainer.step import cached_forward_backward, embed, forward_backward
 
 TEXTS = [
@@ -210,6 +210,44 @@ def test_packed_forward_matches_the_padded_hugging_face_forward(
         monkeypatch.setattr(model_module, "_bert", lambda transformer: None)
         fallback = embed(encoder, batch.texts, 64)
         torch.testing.assert_close(fallback, reference, atol=2e-5, rtol=1e-4)
+
+
+def test_qkv_projections_run_stacked_with_the_same_values_and_gradients(
+    model_dir: Path,
+) -> None:
+    """Plain query, key and value projections run as one stacked matrix product: the same
+    outputs and weight gradients as the three layers; LoRA-wrapped ones run as they are."""
+    model = load_model(model_dir, str(model_dir))
+    attention = model.encoder.transformer.encoder.layer[0].attention.self
+    states = torch.randn(7, attention.query.in_features)
+    shape = (7, attention.num_attention_heads, attention.attention_head_size)
+    projections = (attention.query, attention.key, attention.value)
+
+    def weight_gradients(outputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        attention.zero_grad(set_to_none=True)
+        sum((output * index).sum() for index, output in enumerate(outputs, start=1)).backward()
+        return [p.grad.clone() for linear in projections for p in (linear.weight, linear.bias)]
+
+    stacked = model_module._project_qkv(attention, states)
+    separate = tuple(linear(states).view(shape) for linear in projections)
+    for got, expected in zip(stacked, separate, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    for got, expected in zip(weight_gradients(stacked), weight_gradients(separate), strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+    apply_lora(model, LoraSpec(target_modules=["query", "value"]))
+    attention = model.encoder.transformer.get_base_model().encoder.layer[0].attention.self
+    with torch.no_grad():  # non-zero adapters, so that their part shows in the outputs
+        for name, parameter in attention.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_()
+    attention.eval()
+    with torch.no_grad():
+        adapted = model_module._project_qkv(attention, states)
+        wrapped = (attention.query, attention.key, attention.value)
+        for got, linear in zip(adapted, wrapped, strict=True):
+            torch.testing.assert_close(got, linear(states).view(shape))
+        assert not torch.allclose(adapted[0], separate[0].detach(), atol=1e-3)
 
 
 def test_collate_packs_each_process_share_of_the_batch(model_dir: Path) -> None:

@@ -63,7 +63,7 @@ def pad(sequences: list[list[int]], pad_id: int, multiple: int = PAD_MULTIPLE) -
 class Packed:
     """Texts end to end: token ids, each token's position in its text and the text it belongs
     to ([tokens]), and the texts' start offsets plus the total (`cu_seqlens`, [texts + 1],
-    int32, as FlashAttention's variable-length kernels take them). `offsets` is the same as
+    int32, as variable-length attention kernels take them). `offsets` is the same as
     `cu_seqlens` on the host, so slicing a packed batch never waits for the device.
     The last `dummies` texts are padding (see `graph_padding`): `len` and `tokens` count
     the real texts only."""

@@ -6,7 +6,7 @@ the directory's sentence-transformers files describe (`modules.json`, `1_Pooling
 
 Training feeds the encoder *packed* texts (no padding). For BERT models, the architecture of
 the small encoders this operator mostly tunes (all-MiniLM, bge, e5, ...), the forward runs
-packed through the model's own modules, with FlashAttention's variable-length kernel on
+packed through the model's own modules, with a variable-length attention kernel on
 CUDA: on short texts padding is most of a padded batch, so this is where the speed is. Other
 architectures are padded back for their Hugging Face forward. Evaluation always runs the
 plain Hugging Face forward, as sentence-transformers does.
@@ -35,11 +35,6 @@ from torch import Tensor, nn
 
 from kubetune.contract import LoraSpec
 from kubetune_trainer.errors import InputError
-
-try:
-    from torch.nn.attention.varlen import varlen_attn
-except ImportError:  # PyTorch before 2.9: the padded SDPA path serves every device
-    varlen_attn = None
 
 log = logging.getLogger(__name__)
 
@@ -174,16 +169,37 @@ def _attend(
 ) -> Tensor:
     """Attention of each packed text to itself: [N, heads, head_dim] in and out.
 
-    On CUDA in bf16/fp16, FlashAttention's variable-length kernel over the packed tokens;
-    elsewhere the texts are scattered into a padded [texts, max_length] layout for SDPA and
-    gathered back. Neither applies dropout to the attention probabilities: PyTorch's
-    variable-length entry point has none, and both paths must compute the same function.
-    Hidden dropout stays. With BERT's attention dropout added back (through the aten kernel),
-    one epoch on the Debian pairs came out about 0.001 nDCG@10 *worse*, full and LoRA, over
-    three seeds (docs/benchmarks.md), so its absence costs no quality.
+    On CUDA in bf16/fp16, the memory-efficient (CUTLASS) attention kernel over the packed
+    tokens, with variable lengths; elsewhere the texts are scattered into a padded
+    [texts, max_length] layout for SDPA and gathered back. On short texts (the Debian pairs'
+    anchors hold about 10 tokens) the CUDA kernel wastes less than FlashAttention's
+    variable-length kernel, which gives every text its own 128-row tiles: at the BERT-base
+    shape one layer's attention, forward and backward, took 0.56 ms against 1.30, and a
+    training step 37.0 ms against 40.5 (docs/benchmarks.md). Neither path applies dropout to
+    the attention probabilities, and both must compute the same function. Hidden dropout
+    stays. With BERT's attention dropout added back, one epoch on the Debian pairs came out
+    about 0.001 nDCG@10 *worse*, full and LoRA, over three seeds (docs/benchmarks.md), so its
+    absence costs no quality.
     """
-    if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and varlen_attn is not None:
-        return varlen_attn(query, key, value, cu_seqlens, cu_seqlens, max_length, max_length)
+    if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16):
+        # the log-sum-exp is what the kernel's backward needs; skip it without gradients
+        needs_grad = torch.is_grad_enabled() and any(
+            tensor.requires_grad for tensor in (query, key, value)
+        )
+        out = torch.ops.aten._efficient_attention_forward(
+            query.unsqueeze(0),
+            key.unsqueeze(0),
+            value.unsqueeze(0),
+            None,
+            cu_seqlens,
+            cu_seqlens,
+            max_length,
+            max_length,
+            0.0,
+            0,
+            needs_grad,
+        )[0]
+        return out.squeeze(0)
     texts, heads, head_dim = cu_seqlens.shape[0] - 1, query.shape[1], query.shape[2]
     slots = sequence_index * max_length + position_ids
 
@@ -195,6 +211,27 @@ def _attend(
     mask = real.index_fill(0, slots, True).view(texts, 1, 1, max_length)
     out = F.scaled_dot_product_attention(padded(query), padded(key), padded(value), mask)
     return out.transpose(1, 2).reshape(texts * max_length, heads, head_dim).index_select(0, slots)
+
+
+def _project_qkv(attention: nn.Module, states: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """A BERT self-attention's query, key and value of packed token states [N, H]:
+    [N, heads, head_dim] each.
+
+    Plain linear projections run as one matrix product over the three stacked weights: one
+    product instead of three in the forward, and one for the input gradient instead of three
+    products and their sum in the backward. Projections that peft wrapped in LoRA layers run
+    as they are, so the adapters take part.
+    """
+    tokens = states.shape[0]
+    shape = (tokens, attention.num_attention_heads, attention.attention_head_size)
+    projections = (attention.query, attention.key, attention.value)
+    if not all(type(linear) is nn.Linear and linear.bias is not None for linear in projections):
+        query, key, value = (linear(states).view(shape) for linear in projections)
+        return query, key, value
+    weight = torch.cat([linear.weight for linear in projections])
+    bias = torch.cat([linear.bias for linear in projections])
+    stacked = F.linear(states, weight, bias).view(tokens, 3, *shape[1:])
+    return stacked[:, 0], stacked[:, 1], stacked[:, 2]
 
 
 def _packed_bert_states(
@@ -231,13 +268,8 @@ def _packed_bert_layers(
 ) -> Tensor:
     tokens = states.shape[0]
     for layer in layers:
-        attention = layer.attention.self
-        heads = attention.num_attention_heads
-        shape = (tokens, heads, attention.attention_head_size)
         context = _attend(
-            attention.query(states).view(shape),
-            attention.key(states).view(shape),
-            attention.value(states).view(shape),
+            *_project_qkv(layer.attention.self, states),
             sequence_index,
             position_ids,
             cu_seqlens,
