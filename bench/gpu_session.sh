@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of docs/benchmarks.md, run from the repository root on the GPU machine:
 #   bash bench/gpu_session.sh OUT_DIR STAGE...
-#   (stages: check speed speed-ours quality ddp trial2 ddp2 sweep sweep-defaults profile profile2
+#   (stages: check speed speed-ours quality quality-full attention ddp trial2 ddp2 sweep sweep-defaults profile profile2
 #    net scaling overlap ddp-variants search-random search-tpe search-tpe-prune)
 # Expects .bench/ (minilm/ as a sentence-transformers dir, debian-train.jsonl.gz,
 # debian-test.jsonl) and, where the machine lacks them, wheels in .whl/.
@@ -42,6 +42,13 @@ print(torch.__version__, transformers.__version__, st.__version__, torch.cuda.de
         trial full python3
         trial lora python3
         ;;
+    quality-full)
+        trial full python3
+        ;;
+    attention)
+        python3 bench/attention_layouts.py --model .bench/minilm --data $data ${ATTENTION_FLAGS:-} \
+            2>&1 | grep -v -i warn | tee "$out/attention.log"
+        ;;
     ddp)
         python3 bench/trainer_speed.py --data $data "${models[@]}" --skip-st \
             --out "$out/ddp-1gpu.json" 2>&1 | tee "$out/ddp-1gpu.log"
@@ -68,9 +75,10 @@ print(torch.__version__, transformers.__version__, st.__version__, torch.cuda.de
             --seeds ${SEEDS:-42 43 44} --parallel ${PARALLEL:-8} --work "/tmp/$stage" \
             --out "$out/$stage.json" 2>&1 | grep -v Warn | tee "$out/$stage.log"
         ;;
-    profile)
+    profile)  # SPEED_FLAGS as for speed-ours, e.g. --measure bert-base
+        # shellcheck disable=SC2086
         python3 bench/trainer_speed.py --data $data "${models[@]}" --skip-st --steps 5 \
-            --profile "$out/traces" 2>&1 | tee "$out/profile-1gpu.log"
+            --profile "$out/traces" ${SPEED_FLAGS:-} 2>&1 | tee "$out/profile-1gpu.log"
         ;;
     profile2)
         torchrun --nproc-per-node 2 bench/trainer_speed.py --data $data "${models[@]}" \

@@ -29,6 +29,8 @@ the trainer's default (on with several GPUs, off on one) unless `--cuda-graphs` 
 instead of the second stage's during it (`kubetune_trainer.sync`). `--windows` prints every
 logging window, with the CUDA graphs recorded so far: a window with a recording is no steady
 state, and the warm-up must outlast them.
+`--flash-varlen` and `--separate-qkv` put back the packed path's attention kernel and its
+query, key and value projections of before 2026-12-04, to compare on the same machine.
 With `--profile DIR` it times nothing and instead profiles `--steps` steps after the warm-up
 (see `profile_ours`).
 
@@ -55,6 +57,7 @@ import torch
 import torch.distributed as dist
 
 from kubetune.contract import DataSpec, TrialConfig
+from kubetune_trainer import model as model_module
 from kubetune_trainer.batching import TokenizedExamples
 from kubetune_trainer.data import Example, read_examples
 from kubetune_trainer.losses import build_loss
@@ -150,6 +153,34 @@ def matmul_peak(device: torch.device) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
     return 2 * 8192**3 / statistics.median(times)
+
+
+def flash_varlen_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    sequence_index: torch.Tensor,
+    position_ids: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_length: int,
+) -> torch.Tensor:
+    """The packed path's attention before 2026-12-04 (`--flash-varlen`): FlashAttention's
+    variable-length kernel, for comparison with the trainer's memory-efficient kernel."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    return varlen_attn(query, key, value, cu_seqlens, cu_seqlens, max_length, max_length)
+
+
+def separate_qkv(
+    attention: torch.nn.Module, states: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The packed path's query, key and value projections before 2026-12-04
+    (`--separate-qkv`): three matrix products instead of one over the stacked weights."""
+    shape = (states.shape[0], attention.num_attention_heads, attention.attention_head_size)
+    query, key, value = (
+        linear(states).view(shape) for linear in (attention.query, attention.key, attention.value)
+    )
+    return query, key, value
 
 
 class _GraphWork:
@@ -440,6 +471,18 @@ def main() -> None:
         "the backward (GradientSync.overlap off)",
     )
     parser.add_argument(
+        "--flash-varlen",
+        action="store_true",
+        help="run the packed path's attention through FlashAttention's variable-length kernel "
+        "(the trainer's before 2026-12-04) instead of the memory-efficient one",
+    )
+    parser.add_argument(
+        "--separate-qkv",
+        action="store_true",
+        help="project query, key and value with three matrix products (the trainer's before "
+        "2026-12-04) instead of one over the stacked weights",
+    )
+    parser.add_argument(
         "--windows",
         action="store_true",
         help="print every process's logging windows: step, samples/s, CUDA graphs recorded "
@@ -458,6 +501,10 @@ def main() -> None:
     if process.world_size > 1:
         dist.init_process_group("nccl", device_id=device)
     lead = process.lead
+    if args.flash_varlen:
+        model_module._attend = flash_varlen_attention
+    if args.separate_qkv:
+        model_module._project_qkv = separate_qkv
     if args.cuda_graphs or (args.cuda_graphs is None and process.world_size > 1):
         _GraphWork.install()
     scratch = Path(tempfile.mkdtemp(prefix="bench-"))
