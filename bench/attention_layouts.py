@@ -1,7 +1,7 @@
 """Attention over packed short texts at the BERT-base shape: which kernel and layout.
 
 Why: FlashAttention's variable-length kernel gives every text its own 128-row tiles, so on
-the Debian pairs (anchors of about 10 tokens, positives of about 80) it computes about five
+the Debian pairs (anchors of about 12 tokens, positives of about 75) it computes about five
 times the attention a text needs, and its backward took about a third of a BERT-base step.
 This times the forward and backward of one layer's attention (12 heads of 64, bf16, random
 activations) on real batches of 256 pairs (lengths from the model's tokenizer, at most 128),

@@ -172,7 +172,7 @@ def _attend(
     On CUDA in bf16/fp16, the memory-efficient (CUTLASS) attention kernel over the packed
     tokens, with variable lengths; elsewhere the texts are scattered into a padded
     [texts, max_length] layout for SDPA and gathered back. On short texts (the Debian pairs'
-    anchors hold about 10 tokens) the CUDA kernel wastes less than FlashAttention's
+    anchors hold about 12 tokens) the CUDA kernel wastes less than FlashAttention's
     variable-length kernel, which gives every text its own 128-row tiles: at the BERT-base
     shape one layer's attention, forward and backward, took 0.56 ms against 1.30, and a
     training step 37.0 ms against 40.5 (docs/benchmarks.md). Neither path applies dropout to
