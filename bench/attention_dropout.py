@@ -33,8 +33,9 @@ def attend_with_dropout(
     cu_seqlens: Tensor,
     max_length: int,
 ) -> Tensor:
-    """`kubetune_trainer.model._attend` on CUDA, plus dropout; the aten operator has its own
-    backward, which replays the dropout mask from the random state its forward returns."""
+    """`kubetune_trainer.model._attend` on CUDA as it was before 2026-12-04 (FlashAttention's
+    variable-length kernel), plus dropout; the aten operator has its own backward, which
+    replays the dropout mask from the random state its forward returns."""
     rate = RATE if torch.is_grad_enabled() else 0.0
     return torch.ops.aten._flash_attention_forward(
         query, key, value, cu_seqlens, cu_seqlens, max_length, max_length, rate, False, False

@@ -1,15 +1,15 @@
 """Check on the GPU that the packed training forward computes the padded one's function.
 
 Why: the CPU tests compare the packed BERT path with the Hugging Face forward through the
-padded SDPA fallback; on CUDA the packed path runs FlashAttention's variable-length kernel
-instead, and compiled. This compares, on one real batch in bf16 with dropout off, the
-embeddings and the loss gradients of the packed path (eager, compiled, and compiled with
-CUDA graphs over a batch padded with dummy texts, as the trainer runs it) with the Hugging
-Face padded forward, as relative errors ||x - ref|| / ||ref||; bf16 lands near 1e-3 to 1e-2.
-With dropout on (training mode), it compares how far each path's embeddings move from the
-dropout-free ones (the packed path has hidden dropout but none on the attention
-probabilities), and checks that replaying the random state replays the packed forward, as
-gradient caching needs.
+padded SDPA fallback; on CUDA the packed path runs the memory-efficient attention kernel
+with variable lengths instead, and compiled. This compares, on one real batch in bf16 with
+dropout off, the embeddings and the loss gradients of the packed path (eager, compiled, and
+compiled with CUDA graphs over a batch padded with dummy texts, as the trainer runs it) with
+the Hugging Face padded forward, as relative errors ||x - ref|| / ||ref||; bf16 lands near
+1e-3 to 1e-2. With dropout on (training mode), it compares how far each path's embeddings
+move from the dropout-free ones (the packed path has hidden dropout but none on the
+attention probabilities), and checks that replaying the random state replays the packed
+forward, as gradient caching needs.
 
     python bench/check_packed.py --model DIR --data debian-train.jsonl.gz
 """
