@@ -124,6 +124,19 @@ def result(job: ObservedJob, checkpoint_uri: str, value: float) -> TrialResult:
     )
 
 
+def apply_merge_patch(document: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """What the apiserver does with a JSON merge patch (RFC 7386): nulls remove."""
+    merged = dict(document)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = apply_merge_patch(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 class Crash(Exception):
     pass
 

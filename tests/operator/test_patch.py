@@ -5,18 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kubetune.patch import merge_patch
-
-
-def apply(document: dict, patch: dict) -> dict:
-    result = dict(document)
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        elif isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = apply(result[key], value)
-        else:
-            result[key] = value
-    return result
+from tests.operator.builders import apply_merge_patch
 
 
 @pytest.mark.parametrize(
@@ -31,4 +20,4 @@ def apply(document: dict, patch: dict) -> dict:
 )
 def test_merge_patch(old, new, patch):
     assert merge_patch(old, new) == patch
-    assert apply(old, patch) == new
+    assert apply_merge_patch(old, patch) == new

@@ -18,19 +18,13 @@ from kubetune.decide.actions import Action
 from kubetune.locations import ResolvedStorage
 from kubetune.patch import merge_patch
 from kubetune.reconcile import Reconciler, Written
-from tests.operator.builders import DEFAULTS, NAMESPACE, model, task_spec
-
-
-def _apply_patch(document: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(document)
-    for key, value in patch.items():
-        if value is None:
-            merged.pop(key, None)
-        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _apply_patch(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+from tests.operator.builders import (
+    DEFAULTS,
+    NAMESPACE,
+    apply_merge_patch,
+    model,
+    task_spec,
+)
 
 
 class Cluster:
@@ -71,7 +65,7 @@ class Cluster:
         self, plural: str, namespace: str, name: str, status_patch: dict[str, Any]
     ) -> dict[str, Any]:
         self.calls.append(f"patch {plural}/status")
-        self.objects[plural] = _apply_patch(self.objects[plural], {"status": status_patch})
+        self.objects[plural] = apply_merge_patch(self.objects[plural], {"status": status_patch})
         return self.objects[plural]
 
     # -- Effects
@@ -88,7 +82,7 @@ class Cluster:
             body = self.objects["tunedmodels"]
             old = ModelObject.from_body(body).status
             new = apply_to_model(old, action)
-            body = _apply_patch(body, {"status": merge_patch(old.to_json(), new.to_json())})
+            body = apply_merge_patch(body, {"status": merge_patch(old.to_json(), new.to_json())})
             body["metadata"]["resourceVersion"] = str(int(body["metadata"]["resourceVersion"]) + 1)
             self.objects["tunedmodels"] = body
             return body
