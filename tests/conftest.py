@@ -116,6 +116,9 @@ def kubectl(devcluster: ClusterInfo) -> Kubectl:
 SHARED_CLUSTER_GROUPS = ("demo", "helm", "faults")
 """Test directories whose tests share a cluster of their own (package-scoped fixtures):
 under pytest-xdist each runs whole on one worker, and first, as they are the longest."""
+SHARED_FIXTURE_MODULES = ("tests/trainer/test_training.py",)
+"""Test modules whose tests share a costly module-scoped fixture (a whole trial): on one
+worker the fixture runs once, not once per worker."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -123,27 +126,32 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "devcluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.e2e)
-    order = {group: rank for rank, group in enumerate(SHARED_CLUSTER_GROUPS)}
-    items.sort(key=lambda item: order.get(shared_cluster_group(item.nodeid) or "", len(order)))
+    groups = (*SHARED_CLUSTER_GROUPS, *SHARED_FIXTURE_MODULES)
+    order = {group: rank for rank, group in enumerate(groups)}
+    items.sort(key=lambda item: order.get(worker_group(item.nodeid) or "", len(order)))
 
 
-def shared_cluster_group(nodeid: str) -> str | None:
-    """`helm` for `tests/helm/test_x.py::test_y`; None outside the shared-cluster groups."""
-    parts = nodeid.split("::", 1)[0].split("/")
+def worker_group(nodeid: str) -> str | None:
+    """The tests that must share one worker: `helm` for `tests/helm/test_x.py::test_y`, the
+    module for a test of `SHARED_FIXTURE_MODULES`; None for a test that may go anywhere."""
+    module = nodeid.split("::", 1)[0]
+    if module in SHARED_FIXTURE_MODULES:
+        return module
+    parts = module.split("/")
     in_tests = len(parts) > 2 and parts[0] == "tests"
     return parts[1] if in_tests and parts[1] in SHARED_CLUSTER_GROUPS else None
 
 
-class SharedClusterScheduling(LoadScopeScheduling):
-    """Each shared-cluster group goes whole to one worker; every other test on its own.
+class SharedScopeScheduling(LoadScopeScheduling):
+    """Each group of `worker_group` goes whole to one worker; every other test on its own.
     (pytest-xdist's `loadgroup` cannot be used: it renames items to group them, which
     pytest 9 ignores.)"""
 
     def _split_scope(self, nodeid: str) -> str:
-        return shared_cluster_group(nodeid) or nodeid
+        return worker_group(nodeid) or nodeid
 
 
 # optional: `-p no:xdist` runs the suite without xdist, and so without this hook
 @pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> SharedClusterScheduling:
-    return SharedClusterScheduling(config, log)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> SharedScopeScheduling:
+    return SharedScopeScheduling(config, log)
