@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU measurements of docs/benchmarks.md, run from the repository root on the GPU machine:
 #   bash bench/gpu_session.sh OUT_DIR STAGE...
-#   (stages: check speed speed-ours quality quality-full attention ddp trial2 ddp2 sweep sweep-defaults profile profile2
-#    net scaling overlap ddp-variants search-random search-tpe search-tpe-prune)
+#   (stages: check speed speed-ours quality quality-full attention ddp trial2 ddp2 sweep sweep-defaults
+#    sweep-candidates candidates profile profile2 net scaling overlap ddp-variants search-random
+#    search-tpe search-tpe-prune)
 # Expects .bench/ (minilm/ as a sentence-transformers dir, debian-train.jsonl.gz,
 # debian-test.jsonl) and, where the machine lacks them, wheels in .whl/.
 set -u
@@ -66,10 +67,13 @@ print(torch.__version__, transformers.__version__, st.__version__, torch.cuda.de
             --skip-st --no-optimize-ddp --out "$out/ddp-2gpu-one-graph.json" 2>&1 |
             tee "$out/ddp-2gpu-one-graph.log"
         ;;
-    sweep | sweep-defaults)
+    sweep | sweep-defaults | sweep-candidates)  # sweep-candidates: SWEEP_VARIANTS overrides
         variants=(current reference reference-len128 reference-warmup reference-decay
             reference-no-attn-dropout)
         [[ $stage == sweep-defaults ]] && variants=(defaults)
+        # shellcheck disable=SC2206
+        [[ $stage == sweep-candidates ]] && variants=(${SWEEP_VARIANTS:-defaults bf16-residual
+            bit-dropout no-hidden-dropout bf16-residual-bit-dropout})
         python3 bench/quality_sweep.py --model .bench/minilm --train $data \
             --test .bench/debian-test.jsonl "${variants[@]/#/--variant=}" \
             --seeds ${SEEDS:-42 43 44} --parallel ${PARALLEL:-8} --work "/tmp/$stage" \
@@ -122,6 +126,22 @@ print(torch.__version__, transformers.__version__, st.__version__, torch.cuda.de
             torchrun --nproc-per-node 2 bench/trainer_speed.py --data $data "${models[@]}" \
                 --skip-st ${variant#*:} 2>&1 | tee -a "$out/ddp-variants.log" |
                 grep -A3 "^model "
+        done
+        ;;
+    candidates)  # BERT-base with the trainer as it is, each change of bench/candidates.py
+        # alone, and CANDIDATE_SETS (sets of flags, ';'-separated); then MiniLM as it is and
+        # with the last set; each run cut off after 240 s
+        IFS=';' read -ra sets <<<"${CANDIDATE_SETS:---candidate bf16-residual --candidate bit-dropout}"
+        runs=("bert-base:" "bert-base:--candidate bf16-residual" "bert-base:--candidate bit-dropout"
+            "bert-base:--candidate cudnn-attention" "bert-base:--candidate no-hidden-dropout")
+        for flags in "${sets[@]}"; do runs+=("bert-base:$flags"); done
+        runs+=("minilm:" "minilm:${sets[-1]}")
+        for run in "${runs[@]}"; do
+            echo "--- ${run%%:*}: ${run#*:}" | tee -a "$out/candidates.log"
+            # shellcheck disable=SC2086
+            timeout 240 python3 bench/trainer_speed.py --data $data "${models[@]}" --skip-st \
+                --measure "${run%%:*}" ${run#*:} 2>&1 | tee -a "$out/candidates.log" |
+                grep -A2 "^model \|Error\|error:"
         done
         ;;
     search-random | search-tpe | search-tpe-prune)

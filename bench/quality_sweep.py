@@ -9,7 +9,8 @@ and spread per variant and method.
 
 A variant is a set of hyperparameters plus whether BERT's attention-probability dropout is
 on; "on" runs the trainer through `bench/attention_dropout.py`, which adds it to the packed
-path (the trainer itself applies none).
+path (the trainer itself applies none). A variant with candidates runs the trainer through
+`bench/candidates.py`, with those changes in its model.
 
     python bench/quality_sweep.py --model DIR --train debian-train.jsonl.gz \\
         --test debian-test.jsonl --variant current --variant reference --seeds 42 43 44 \\
@@ -39,6 +40,8 @@ from debian_trial import trial_config
 class Variant:
     hyperparameters: dict[str, Any]
     attention_dropout: bool
+    candidates: tuple[str, ...] = ()
+    """Changes of `bench/candidates.py` to train with."""
 
 
 REFERENCE = {"weight_decay": 0.0, "warmup_ratio": 0.0, "max_seq_length": 256}
@@ -55,6 +58,11 @@ VARIANTS = {
     "reference-no-attn-dropout": Variant(REFERENCE, False),
     # the defaults this sweep chose (weight decay, warm-up and length from the model)
     "defaults": Variant({}, False),
+    # the defaults with candidate changes that are not yet in the trainer
+    "bf16-residual": Variant({}, False, ("bf16-residual",)),
+    "bit-dropout": Variant({}, False, ("bit-dropout",)),
+    "no-hidden-dropout": Variant({}, False, ("no-hidden-dropout",)),
+    "bf16-residual-bit-dropout": Variant({}, False, ("bf16-residual", "bit-dropout")),
 }
 
 
@@ -82,6 +90,9 @@ def run_one(
     command = [sys.executable, "-m", "kubetune_trainer"]
     if variant.attention_dropout:
         command = [sys.executable, str(Path(__file__).with_name("attention_dropout.py"))]
+    if variant.candidates:
+        script = Path(__file__).with_name("candidates.py")
+        command = [sys.executable, str(script), ",".join(variant.candidates)]
     env = os.environ | {"CUDA_VISIBLE_DEVICES": str(slot % gpus), "OMP_NUM_THREADS": "2"}
     started = time.perf_counter()
     with open(out / "trainer.log", "w") as log:

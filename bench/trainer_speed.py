@@ -30,7 +30,8 @@ instead of the second stage's during it (`kubetune_trainer.sync`). `--windows` p
 logging window, with the CUDA graphs recorded so far: a window with a recording is no steady
 state, and the warm-up must outlast them.
 `--flash-varlen` and `--separate-qkv` put back the packed path's attention kernel and its
-query, key and value projections of before 2026-12-04, to compare on the same machine.
+query, key and value projections of before 2026-12-04, to compare on the same machine;
+`--candidate NAME` puts in a change of `bench/candidates.py` that is not yet in the trainer.
 With `--profile DIR` it times nothing and instead profiles `--steps` steps after the warm-up
 (see `profile_ours`).
 
@@ -53,6 +54,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import candidates
 import torch
 import torch.distributed as dist
 
@@ -257,6 +259,7 @@ def _trainer(
     )
     torch.manual_seed(config.hyperparameters.seed + process.rank)
     model = load_model(model_dir, str(model_dir))
+    candidates.apply(model.encoder, args.candidate or [])
     model.encoder.to(device)
     data = TokenizedExamples(examples, model, args.max_length)
     return Trainer(
@@ -481,6 +484,12 @@ def main() -> None:
         action="store_true",
         help="project query, key and value with three matrix products (the trainer's before "
         "2026-12-04) instead of one over the stacked weights",
+    )
+    parser.add_argument(
+        "--candidate",
+        action="append",
+        choices=sorted(candidates.CANDIDATES),
+        help="put this candidate change of bench/candidates.py into our trainer (repeatable)",
     )
     parser.add_argument(
         "--windows",
