@@ -61,6 +61,7 @@ VARIANTS = {
     # the defaults with candidate changes that are not yet in the trainer
     "bf16-residual": Variant({}, False, ("bf16-residual",)),
     "bit-dropout": Variant({}, False, ("bit-dropout",)),
+    "cudnn-attention": Variant({}, False, ("cudnn-attention",)),
     "no-hidden-dropout": Variant({}, False, ("no-hidden-dropout",)),
     "bf16-residual-bit-dropout": Variant({}, False, ("bf16-residual", "bit-dropout")),
 }
