@@ -130,12 +130,15 @@ print(torch.__version__, transformers.__version__, st.__version__, torch.cuda.de
         ;;
     candidates)  # BERT-base with the trainer as it is, each change of bench/candidates.py
         # alone, and CANDIDATE_SETS (sets of flags, ';'-separated); then MiniLM as it is and
-        # with the last set; each run cut off after 240 s
-        IFS=';' read -ra sets <<<"${CANDIDATE_SETS:---candidate bf16-residual --candidate bit-dropout}"
+        # with the first set. About a minute a run, each cut off after 240 s: CANDIDATE_RUNS
+        # ("model:flags;model:flags") replaces the list, to spread it over calls.
+        both="--candidate bf16-residual --candidate bit-dropout"
+        IFS=';' read -ra sets <<<"${CANDIDATE_SETS:-$both;$both --cuda-graphs --warmup 100}"
         runs=("bert-base:" "bert-base:--candidate bf16-residual" "bert-base:--candidate bit-dropout"
             "bert-base:--candidate cudnn-attention" "bert-base:--candidate no-hidden-dropout")
         for flags in "${sets[@]}"; do runs+=("bert-base:$flags"); done
-        runs+=("minilm:" "minilm:${sets[-1]}")
+        runs+=("minilm:" "minilm:${sets[0]}")
+        [[ -n ${CANDIDATE_RUNS:-} ]] && IFS=';' read -ra runs <<<"$CANDIDATE_RUNS"
         for run in "${runs[@]}"; do
             echo "--- ${run%%:*}: ${run#*:}" | tee -a "$out/candidates.log"
             # shellcheck disable=SC2086
