@@ -11,7 +11,11 @@ move from the dropout-free ones (the packed path has hidden dropout but none on 
 attention probabilities), and checks that replaying the random state replays the packed
 forward, as gradient caching needs.
 
-    python bench/check_packed.py --model DIR --data debian-train.jsonl.gz
+With `--candidate NAME` (changes of `bench/candidates.py`, which act in training only) the
+packed paths run in training mode with every dropout at 0, so the comparisons cover the
+candidates; the dropout checks then run with the candidates' dropout.
+
+    python bench/check_packed.py --model DIR --data debian-train.jsonl.gz [--candidate NAME]
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+import candidates
 import torch
 
 from kubetune.contract import DataSpec, LossSpec
@@ -40,13 +45,23 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--candidate", action="append", choices=sorted(candidates.CANDIDATES))
     args = parser.parse_args()
     device = torch.device("cuda")
     spec = DataSpec.model_validate({"train": [str(args.data)]})
     examples = read_examples(Storage(), spec.train, spec, Path("/tmp/check-data"))
     examples = examples[: args.batch_size]
     model = load_model(args.model, str(args.model))
+    candidates.apply(model.encoder, args.candidate or [])
     model.encoder.to(device).eval()
+    dropouts = {m: m.p for m in model.encoder.modules() if isinstance(m, torch.nn.Dropout)}
+
+    def packed_mode() -> None:
+        """Eval mode; with candidates, training mode with every dropout at 0."""
+        model.encoder.train(bool(args.candidate))
+        for dropout in dropouts:
+            dropout.p = 0.0
+
     data = TokenizedExamples(examples, model, 128)
     batch = data.collate(list(range(len(examples)))).to(device)
     graph_batch = data.collate(list(range(len(examples))), graph_shapes=True).to(device)
@@ -66,20 +81,30 @@ def main() -> None:
         ]
         return embeddings.detach().clone(), grads
 
-    def reference() -> torch.Tensor:
+    def padded_forward() -> torch.Tensor:
         return model.encoder.embed_padded(padded.input_ids, padded.attention_mask)
 
+    def reference() -> torch.Tensor:
+        model.encoder.eval()
+        return padded_forward()
+
+    def compiled_forward() -> torch.Tensor:
+        return embed(compiled, batch.texts, 128)
+
     def packed_eager() -> torch.Tensor:
+        packed_mode()
         return embed(model.encoder, batch.texts, 128)
 
     compiled = torch.compile(model.encoder)
 
     def packed_compiled() -> torch.Tensor:
-        return embed(compiled, batch.texts, 128)
+        packed_mode()
+        return compiled_forward()
 
     graphs = torch.compile(model.encoder, mode="reduce-overhead")
 
     def packed_graphs() -> torch.Tensor:
+        packed_mode()
         torch.compiler.cudagraph_mark_step_begin()
         return embed(graphs, graph_batch.texts, 128)
 
@@ -104,7 +129,9 @@ def main() -> None:
             f"{name}: embeddings rel. error {relative(embeddings, ref_embeddings):.2e}, "
             f"gradient rel. error {relative(flat, ref_flat):.2e}"
         )
-    check_dropout(model.encoder, packed_compiled, reference, ref_embeddings, run)
+    for dropout, rate in dropouts.items():
+        dropout.p = rate
+    check_dropout(model.encoder, compiled_forward, padded_forward, ref_embeddings, run)
 
 
 def check_dropout(

@@ -29,11 +29,13 @@ trial() {  # method, torchrun prefix...
 for stage in "$@"; do
     echo "=== $stage $(date -u +%FT%TZ)"
     case $stage in
-    check)
+    check)  # CHECK_FLAGS: more flags of bench/check_packed.py, e.g. --candidate bf16-residual
         nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
         python3 -c 'import torch, transformers, sentence_transformers as st
 print(torch.__version__, transformers.__version__, st.__version__, torch.cuda.device_count())'
-        python3 bench/check_packed.py --model .bench/minilm --data $data 2>&1 | grep -v Warn
+        # shellcheck disable=SC2086
+        python3 bench/check_packed.py --model .bench/minilm --data $data ${CHECK_FLAGS:-} 2>&1 |
+            grep -v Warn
         ;;
     speed)
         python3 bench/trainer_speed.py --data $data "${models[@]}" --out "$out/speed.json" \
