@@ -91,8 +91,13 @@ def bit_dropout(states: Tensor, p: float) -> Tensor:
     return states * keep.to(states.dtype) * (1.0 / (1.0 - p))
 
 
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+"""Whether `triton.jit` made the kernel for Triton's interpreter (it decides at definition),
+which runs it on CPU tensors."""
+
+
 def _triton_runs_on(states: Tensor) -> bool:
-    return states.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return states.is_cuda or _INTERPRETED
 
 
 class BitDropout(nn.Dropout):

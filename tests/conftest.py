@@ -27,9 +27,14 @@ pytest_plugins = ["tests.e2e.fixtures"]
 
 def pytest_configure(config: pytest.Config) -> None:
     """Each xdist worker gets its share of the cores for PyTorch's threads (set before any
-    test imports torch): a thread per core in every worker oversubscribes them."""
+    test imports torch): a thread per core in every worker oversubscribes them. Triton
+    kernels run in its interpreter."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    # Triton's interpreter runs Triton kernels on CPU tensors (tests/bench). Triton reads this
+    # when it is imported, and transformers imports it, so it is set before any test module
+    # is. Nothing else on CPU runs Triton.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

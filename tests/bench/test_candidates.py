@@ -2,14 +2,10 @@
 leaves evaluation (eval mode) exactly as the trainer has it.
 
 The keep-bit kernel runs through Triton's interpreter, which runs Triton kernels on CPU
-tensors; it must be on before the kernel is defined, so before the module is imported.
+tensors (`TRITON_INTERPRET=1`, set in tests/conftest.py before Triton is imported).
 """
 
 from __future__ import annotations
-
-import os
-
-os.environ["TRITON_INTERPRET"] = "1"
 
 import numpy as np
 import pytest
