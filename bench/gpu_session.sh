@@ -74,8 +74,8 @@ print(torch.__version__, transformers.__version__, st.__version__, torch.cuda.de
             reference-no-attn-dropout)
         [[ $stage == sweep-defaults ]] && variants=(defaults)
         # shellcheck disable=SC2206
-        [[ $stage == sweep-candidates ]] && variants=(${SWEEP_VARIANTS:-defaults bf16-residual
-            bit-dropout no-hidden-dropout bf16-residual-bit-dropout})
+        [[ $stage == sweep-candidates ]] &&
+            variants=(${SWEEP_VARIANTS:-defaults bf16-residual-bit-dropout no-hidden-dropout})
         python3 bench/quality_sweep.py --model .bench/minilm --train $data \
             --test .bench/debian-test.jsonl "${variants[@]/#/--variant=}" \
             --seeds ${SEEDS:-42 43 44} --parallel ${PARALLEL:-8} --work "/tmp/$stage" \
