@@ -132,7 +132,7 @@ print(torch.__version__, transformers.__version__, st.__version__, torch.cuda.de
         ;;
     candidates)  # BERT-base with the trainer as it is, each change of bench/candidates.py
         # alone, and CANDIDATE_SETS (sets of flags, ';'-separated); then MiniLM as it is and
-        # with the first set. About a minute a run, each cut off after 240 s: CANDIDATE_RUNS
+        # with the first set. Each run is cut off after 240 s; CANDIDATE_RUNS
         # ("model:flags;model:flags") replaces the list, to spread it over calls.
         both="--candidate bf16-residual --candidate bit-dropout"
         IFS=';' read -ra sets <<<"${CANDIDATE_SETS:-$both;$both --cuda-graphs --warmup 100}"
