@@ -21,7 +21,7 @@ from kubetune_trainer.step import embed
 
 
 def keep_mask(seed: int, elements: int, p: float) -> torch.Tensor:
-    bits = candidates.keep_bits(torch.tensor([seed]), elements, round(p * 65536))
+    bits = candidates.keep_bits(torch.tensor([seed]), elements, round(p * candidates.DRAW_LEVELS))
     shifts = torch.arange(8, dtype=torch.uint8)
     return ((bits.unsqueeze(1) >> shifts) & 1).view(-1)[:elements].bool()
 
