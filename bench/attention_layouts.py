@@ -10,7 +10,6 @@ for:
 - FlashAttention's variable-length kernel over the packed tokens (the trainer's before);
 - the memory-efficient (CUTLASS) kernel over the packed tokens, with variable lengths, eager
   and compiled with dynamic shapes (64-row tiles);
-- cuDNN's attention over the packed tokens, with variable lengths (its ragged layout);
 - texts bin-packed into rows of 128 tokens (first fit, longest first: about 1.6 times the
   needed attention, under 1% padding), scattered there and gathered back, with a
   block-diagonal mask, through SDPA (memory-efficient kernel) or FlexAttention;
@@ -142,12 +141,6 @@ def efficient_varlen(q: Tensor, k: Tensor, v: Tensor, cu: Tensor) -> Tensor:
     )[0].squeeze(0)
 
 
-def cudnn_varlen(q: Tensor, k: Tensor, v: Tensor, cu: Tensor) -> Tensor:
-    return torch.ops.aten._cudnn_attention_forward(
-        q, k, v, None, cu, cu, MAX_LENGTH, MAX_LENGTH, True
-    )[0]
-
-
 def sdpa_rows(q: Tensor, k: Tensor, v: Tensor, destination: Tensor, doc: Tensor) -> Tensor:
     size = doc.shape[0]
     qr, kr, vr = (
@@ -206,7 +199,6 @@ def kernels(
         "flash varlen (before)": lambda: varlen_attn(q, k, v, cu, cu, MAX_LENGTH, MAX_LENGTH),
         "efficient varlen, eager": lambda: efficient_varlen(q, k, v, cu),
         "efficient varlen, compiled": lambda: COMPILED["efficient"](q, k, v, cu),
-        "cuDNN varlen, eager": lambda: cudnn_varlen(q, k, v, cu),
         "rows of 128, SDPA + mask, compiled": lambda: COMPILED["sdpa_rows"](
             q, k, v, destination, doc_rows
         ),

@@ -11,9 +11,9 @@ move from the dropout-free ones (the packed path has hidden dropout but none on 
 attention probabilities), and checks that replaying the random state replays the packed
 forward, as gradient caching needs.
 
-With `--candidate NAME` (changes of `bench/candidates.py`, which act in training only) the
-packed paths run in training mode with every dropout at 0, so the comparisons cover the
-candidates; the dropout checks then run with the candidates' dropout.
+The packed paths run in training mode with every dropout at 0, so that the comparisons cover
+what the packed path does in training only (its residual stream in bf16). `--candidate NAME`
+puts in a change of `bench/candidates.py`.
 
     python bench/check_packed.py --model DIR --data debian-train.jsonl.gz [--candidate NAME]
 """
@@ -57,8 +57,8 @@ def main() -> None:
     dropouts = {m: m.p for m in model.encoder.modules() if isinstance(m, torch.nn.Dropout)}
 
     def packed_mode() -> None:
-        """Eval mode; with candidates, training mode with every dropout at 0."""
-        model.encoder.train(bool(args.candidate))
+        """Training mode with every dropout at 0."""
+        model.encoder.train()
         for dropout in dropouts:
             dropout.p = 0.0
 

@@ -29,7 +29,7 @@ trial() {  # method, torchrun prefix...
 for stage in "$@"; do
     echo "=== $stage $(date -u +%FT%TZ)"
     case $stage in
-    check)  # CHECK_FLAGS: more flags of bench/check_packed.py, e.g. --candidate bf16-residual
+    check)  # CHECK_FLAGS: more flags of bench/check_packed.py, e.g. --candidate NAME
         nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
         python3 -c 'import torch, transformers, sentence_transformers as st
 print(torch.__version__, transformers.__version__, st.__version__, torch.cuda.device_count())'
@@ -75,7 +75,7 @@ print(torch.__version__, transformers.__version__, st.__version__, torch.cuda.de
         [[ $stage == sweep-defaults ]] && variants=(defaults)
         # shellcheck disable=SC2206
         [[ $stage == sweep-candidates ]] &&
-            variants=(${SWEEP_VARIANTS:-defaults bf16-residual-bit-dropout no-hidden-dropout})
+            variants=(${SWEEP_VARIANTS:-defaults no-hidden-dropout})
         python3 bench/quality_sweep.py --model .bench/minilm --train $data \
             --test .bench/debian-test.jsonl "${variants[@]/#/--variant=}" \
             --seeds ${SEEDS:-42 43 44} --parallel ${PARALLEL:-8} --work "/tmp/$stage" \
@@ -130,16 +130,12 @@ print(torch.__version__, transformers.__version__, st.__version__, torch.cuda.de
                 grep -A3 "^model "
         done
         ;;
-    candidates)  # BERT-base with the trainer as it is, each change of bench/candidates.py
-        # alone, and CANDIDATE_SETS (sets of flags, ';'-separated); then MiniLM as it is and
-        # with the first set. Each run is cut off after 240 s; CANDIDATE_RUNS
-        # ("model:flags;model:flags") replaces the list, to spread it over calls.
-        both="--candidate bf16-residual --candidate bit-dropout"
-        IFS=';' read -ra sets <<<"${CANDIDATE_SETS:-$both;$both --cuda-graphs --warmup 100}"
-        runs=("bert-base:" "bert-base:--candidate bf16-residual" "bert-base:--candidate bit-dropout"
-            "bert-base:--candidate cudnn-attention" "bert-base:--candidate no-hidden-dropout")
-        for flags in "${sets[@]}"; do runs+=("bert-base:$flags"); done
-        runs+=("minilm:" "minilm:${sets[0]}")
+    candidates)  # BERT-base with the trainer as it is, with what it had before
+        # (--float32-residual --torch-dropout), and with each change of bench/candidates.py;
+        # then MiniLM. Each run is cut off after 240 s; CANDIDATE_RUNS
+        # ("model:flags;model:flags", flags of bench/trainer_speed.py) replaces the list.
+        runs=("bert-base:" "bert-base:--float32-residual --torch-dropout"
+            "bert-base:--candidate no-hidden-dropout" "minilm:")
         [[ -n ${CANDIDATE_RUNS:-} ]] && IFS=';' read -ra runs <<<"$CANDIDATE_RUNS"
         for run in "${runs[@]}"; do
             echo "--- ${run%%:*}: ${run#*:}" | tee -a "$out/candidates.log"

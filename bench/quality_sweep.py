@@ -58,12 +58,8 @@ VARIANTS = {
     "reference-no-attn-dropout": Variant(REFERENCE, False),
     # the defaults this sweep chose (weight decay, warm-up and length from the model)
     "defaults": Variant({}, False),
-    # the defaults with candidate changes that are not yet in the trainer
-    "bf16-residual": Variant({}, False, ("bf16-residual",)),
-    "bit-dropout": Variant({}, False, ("bit-dropout",)),
-    "cudnn-attention": Variant({}, False, ("cudnn-attention",)),
+    # the defaults with candidate changes that are not in the trainer
     "no-hidden-dropout": Variant({}, False, ("no-hidden-dropout",)),
-    "bf16-residual-bit-dropout": Variant({}, False, ("bf16-residual", "bit-dropout")),
 }
 
 

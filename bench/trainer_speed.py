@@ -30,7 +30,9 @@ instead of the second stage's during it (`kubetune_trainer.sync`). `--windows` p
 logging window, with the CUDA graphs recorded so far: a window with a recording is no steady
 state, and the warm-up must outlast them.
 `--flash-varlen` and `--separate-qkv` put back the packed path's attention kernel and its
-query, key and value projections of before 2026-12-04, to compare on the same machine;
+query, key and value projections of before 2026-12-04, and `--float32-residual` and
+`--torch-dropout` its float32 residual stream and PyTorch's hidden dropout (the trainer's
+until the third session of 2026-12-04), to compare on the same machine;
 `--candidate NAME` puts in a change of `bench/candidates.py` that is not yet in the trainer.
 With `--profile DIR` it times nothing and instead profiles `--steps` steps after the warm-up
 (see `profile_ours`).
@@ -183,6 +185,18 @@ def separate_qkv(
         linear(states).view(shape) for linear in (attention.query, attention.key, attention.value)
     )
     return query, key, value
+
+
+def float32_residual(norm: torch.nn.Module, states: torch.Tensor) -> torch.Tensor:
+    """The packed path's hidden LayerNorm before its bf16 residual stream
+    (`--float32-residual`): autocast's float32 output, so a float32 residual stream."""
+    return norm(states)
+
+
+def torch_dropout(module: torch.nn.Module, states: torch.Tensor) -> torch.Tensor:
+    """The packed path's hidden dropout before its keep-bit kernel (`--torch-dropout`):
+    PyTorch's."""
+    return module(states)
 
 
 class _GraphWork:
@@ -486,6 +500,16 @@ def main() -> None:
         "2026-12-04) instead of one over the stacked weights",
     )
     parser.add_argument(
+        "--float32-residual",
+        action="store_true",
+        help="keep the residual stream in float32 in training (the trainer's before)",
+    )
+    parser.add_argument(
+        "--torch-dropout",
+        action="store_true",
+        help="PyTorch's hidden dropout instead of the keep-bit kernel (the trainer's before)",
+    )
+    parser.add_argument(
         "--candidate",
         action="append",
         choices=sorted(candidates.CANDIDATES),
@@ -514,6 +538,10 @@ def main() -> None:
         model_module._attend = flash_varlen_attention
     if args.separate_qkv:
         model_module._project_qkv = separate_qkv
+    if args.float32_residual:
+        model_module._hidden_norm = float32_residual
+    if args.torch_dropout:
+        model_module._hidden_dropout = torch_dropout
     if args.cuda_graphs or (args.cuda_graphs is None and process.world_size > 1):
         _GraphWork.install()
     scratch = Path(tempfile.mkdtemp(prefix="bench-"))

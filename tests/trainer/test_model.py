@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 
 from kubetune.contract import LoraSpec, LossSpec
@@ -23,8 +24,9 @@ from kubetune_trainer.batching import (
 from kubetune_trainer.data import Example
 from kubetune_trainer.evaluation import encode
 from kubetune_trainer.losses import build_loss
-from kubetune_trainer.model import apply_lora, export, load_model, pool, read_layout
+from kubetune_trainer.model import Encoder, apply_lora, export, load_model, pool, read_layout
 from kubetune_trainer.step import cached_forward_backward, embed, forward_backward
+from tests.trainer.tiny_bert import packed_texts, tiny_encoder
 
 TEXTS = [
     "Real-time strategy game of ancient warfare",
@@ -279,3 +281,61 @@ def test_collate_packs_each_process_share_of_the_batch(model_dir: Path) -> None:
         piece.input_ids.tolist()
         == whole.texts.input_ids[whole.texts.offsets[5] : whole.texts.offsets[7]].tolist()
     )
+
+
+def hidden_dropouts_off(encoder: Encoder) -> None:
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def test_in_training_the_residual_stream_is_bf16_under_autocast_and_float32_without() -> None:
+    """Training mode with dropout off: without autocast the packed path computes exactly what
+    it does in eval mode; under autocast its hidden LayerNorms return bf16 (computed in
+    float32), and the embeddings stay within bf16's error of the float32 forward."""
+    texts = packed_texts()
+    reference, training = tiny_encoder(), tiny_encoder()
+    hidden_dropouts_off(training)
+    reference.eval()
+    training.train()
+    with torch.no_grad():
+        expected = embed(reference, texts, 64)
+        assert torch.equal(embed(training, texts, 64), expected)
+    norm = training.transformer.embeddings.LayerNorm
+    states = torch.randn(7, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model_module._hidden_norm(norm, states).dtype == torch.bfloat16
+        embeddings = embed(training, texts, 64)
+        norm.eval()
+        assert model_module._hidden_norm(norm, states).dtype == torch.float32
+    torch.testing.assert_close(
+        model_module._hidden_norm(norm, states),
+        F.layer_norm(states, (32,), norm.weight, norm.bias, norm.eps),
+    )
+    error = (embeddings.float() - expected).norm() / expected.norm()
+    assert 0 < error < 2e-2
+
+
+def test_the_packed_hidden_dropout_draws_its_masks_from_the_keep_bit_kernel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Training mode: the hidden dropouts draw other masks than PyTorch's dropout from the
+    same seed (so the keep-bit kernel is what ran), move the embeddings from the
+    dropout-free ones about as much, and the seed replays them."""
+    texts = packed_texts()
+    encoder = tiny_encoder()
+    with torch.no_grad():
+        encoder.eval()
+        still = embed(encoder, texts, 64)
+        encoder.train()
+        torch.manual_seed(1)
+        with_bits = embed(encoder, texts, 64)
+        torch.manual_seed(1)
+        again = embed(encoder, texts, 64)
+        monkeypatch.setattr(model_module, "_hidden_dropout", lambda module, states: module(states))
+        torch.manual_seed(1)
+        with_torch = embed(encoder, texts, 64)
+    assert torch.equal(with_bits, again)
+    assert not torch.allclose(with_bits, with_torch)
+    moved = [(x - still).norm() / still.norm() for x in (with_bits, with_torch)]
+    assert 0.3 < moved[0] / moved[1] < 3

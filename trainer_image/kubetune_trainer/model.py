@@ -7,9 +7,11 @@ the directory's sentence-transformers files describe (`modules.json`, `1_Pooling
 Training feeds the encoder *packed* texts (no padding). For BERT models, the architecture of
 the small encoders this operator mostly tunes (all-MiniLM, bge, e5, ...), the forward runs
 packed through the model's own modules, with a variable-length attention kernel on
-CUDA: on short texts padding is most of a padded batch, so this is where the speed is. Other
-architectures are padded back for their Hugging Face forward. Evaluation always runs the
-plain Hugging Face forward, as sentence-transformers does.
+CUDA: on short texts padding is most of a padded batch, so this is where the speed is. In
+training it also keeps the residual stream in autocast's dtype and draws the hidden dropout's
+masks as bits (`_hidden_norm`, `kubetune_trainer.dropout`). Other architectures are padded
+back for their Hugging Face forward. Evaluation always runs the plain Hugging Face forward,
+as sentence-transformers does.
 
 LoRA adapters (peft) are *merged* into the weights on export. The checkpoint is then an
 ordinary sentence-transformers directory: `SentenceTransformer(path)` loads it with no peft
@@ -34,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kubetune.contract import LoraSpec
+from kubetune_trainer.dropout import dropout
 from kubetune_trainer.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -255,7 +258,39 @@ def _packed_bert_embeddings(
 ) -> Tensor:
     states = embeddings.word_embeddings(input_ids) + embeddings.token_type_embeddings.weight[0]
     states = states + embeddings.position_embeddings(position_ids)
-    return embeddings.dropout(embeddings.LayerNorm(states))
+    return _hidden_dropout(embeddings.dropout, _hidden_norm(embeddings.LayerNorm, states))
+
+
+def _hidden_norm(norm: nn.Module, states: Tensor) -> Tensor:
+    """A hidden LayerNorm; in training under autocast it computes in float32, as autocast
+    does, but returns autocast's dtype instead of float32.
+
+    The LayerNorms' outputs are BERT's residual stream, and autocast leaves it float32: every
+    dropout, residual sum and normalisation on it and on its gradient then moves twice the
+    bytes that bf16 does, while the matrix products read it as bf16 anyway. Evaluation (eval
+    mode) keeps Hugging Face's forward as it is.
+    """
+    device = states.device.type
+    if not (norm.training and torch.is_autocast_enabled(device)):
+        return norm(states)
+    with torch.autocast(device, enabled=False):
+        normed = F.layer_norm(
+            states.float(), norm.normalized_shape, norm.weight, norm.bias, norm.eps
+        )
+    return normed.to(torch.get_autocast_dtype(device))
+
+
+def _hidden_dropout(module: nn.Module, states: Tensor) -> Tensor:
+    """What a hidden `nn.Dropout` does, with its keep mask in bits
+    (`kubetune_trainer.dropout`)."""
+    return dropout(states, module.p, module.training)
+
+
+def _residual_block(block: nn.Module, hidden: Tensor, residual: Tensor) -> Tensor:
+    """A BERT output block (attention output or feed-forward output): its projection,
+    dropout, residual sum and LayerNorm."""
+    projected = _hidden_dropout(block.dropout, block.dense(hidden))
+    return _hidden_norm(block.LayerNorm, projected + residual)
 
 
 def _packed_bert_layers(
@@ -275,8 +310,8 @@ def _packed_bert_layers(
             cu_seqlens,
             max_length,
         )
-        states = layer.attention.output(context.reshape(tokens, -1), states)
-        states = layer.output(layer.intermediate(states), states)
+        states = _residual_block(layer.attention.output, context.reshape(tokens, -1), states)
+        states = _residual_block(layer.output, layer.intermediate(states), states)
     return states
 
 
