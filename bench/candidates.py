@@ -10,6 +10,9 @@ variant with candidates). `tests/bench/test_candidates.py` checks on CPU what ea
 
 - `no-hidden-dropout`: BERT's hidden dropout off, to see what dropout costs in time and in
   quality.
+- `short-attention`: the packed attention through `bench/short_attention.py`, one Triton
+  program per text and head with the text's whole attention in one tile, for texts of at
+  most 128 tokens.
 
 The bf16 residual stream and the keep-bit dropout (`kubetune_trainer.dropout`) were
 candidates here; measured faster at the same quality, they are the trainer's own.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable
 
+import short_attention
 from torch import nn
 
 from kubetune_trainer import model as model_module
@@ -44,8 +48,13 @@ def _no_hidden_dropout(encoder: nn.Module) -> None:
         block.dropout.p = 0.0
 
 
+def _short_attention(encoder: nn.Module) -> None:
+    model_module._attend = short_attention.short_attention
+
+
 CANDIDATES: dict[str, Callable[[nn.Module], None]] = {
     "no-hidden-dropout": _no_hidden_dropout,
+    "short-attention": _short_attention,
 }
 
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+from itertools import pairwise
 
-from bench import candidates
+import candidates
+import numpy as np
+import pytest
+import short_attention
+import torch
+import torch.nn.functional as F
+
+from kubetune_trainer import model as model_module
 from kubetune_trainer.step import embed
 from tests.trainer.tiny_bert import packed_texts, tiny_encoder
 
@@ -25,3 +31,59 @@ def test_no_hidden_dropout_turns_off_the_hidden_dropouts_only() -> None:
         assert torch.equal(embed(encoder, texts, 64), expected)
     with pytest.raises(ValueError, match="unknown candidate 'fast'"):
         candidates.apply(encoder, ["fast"])
+
+
+def test_short_attention_computes_each_texts_attention_and_its_gradients() -> None:
+    """Texts of every tile size (16 to 128 rows, and lengths on both sides of each boundary),
+    in float32 under Triton's interpreter, against SDPA text by text; the inputs are views of
+    one stacked projection, as the trainer passes them."""
+    lengths = [3, 16, 17, 32, 33, 64, 65, 100, 128, 2]
+    cu_seqlens = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32)
+    torch.manual_seed(0)
+    stacked = torch.randn(int(cu_seqlens[-1]), 3, 2, 16, requires_grad=True)
+    query, key, value = stacked[:, 0], stacked[:, 1], stacked[:, 2]
+    out = short_attention.short_attention_forward(query, key, value, cu_seqlens)[0]
+    grad_out = torch.randn_like(out)
+    (out * grad_out).sum().backward()
+    grads = stacked.grad.clone()
+    stacked.grad = None
+    expected = torch.cat(
+        [
+            F.scaled_dot_product_attention(
+                *(t[start:end].transpose(0, 1) for t in (query, key, value))
+            ).transpose(0, 1)
+            for start, end in pairwise(cu_seqlens.tolist())
+        ]
+    )
+    (expected * grad_out).sum().backward()
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grads, stacked.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_short_attention_in_the_packed_forward() -> None:
+    """As the candidate, it gives the packed forward's embeddings and gradients, compiled with
+    dynamic shapes (the kernels as opaque operators); beyond 128 tokens the trainer's kernel
+    runs."""
+    texts = packed_texts()
+    encoder = tiny_encoder()
+    encoder.eval()
+
+    def embeddings_and_grads(forward: object, max_length: int) -> list[torch.Tensor]:
+        encoder.zero_grad(set_to_none=True)
+        embeddings = embed(forward, texts, max_length)  # type: ignore[arg-type]
+        embeddings.sum().backward()
+        grads = [p.grad.clone() for p in encoder.parameters() if p.grad is not None]
+        return [embeddings.detach(), *grads]
+
+    expected = embeddings_and_grads(encoder, 64)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model_module, "_attend", model_module._attend)
+        candidates.apply(encoder, ["short-attention"])
+        assert model_module._attend is short_attention.short_attention
+        compiled = torch.compile(encoder, backend="aot_eager", dynamic=True)
+        for got, want in zip(embeddings_and_grads(compiled, 64), expected, strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+        calls = []
+        patch.setattr(short_attention, "TRAINER_ATTEND", lambda *args: calls.append(1) or args[0])
+        embed(encoder, texts, 256)
+        assert len(calls) == 2
