@@ -31,9 +31,9 @@ def pytest_configure(config: pytest.Config) -> None:
     kernels run in its interpreter."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
-    # Triton's interpreter runs Triton kernels on CPU tensors (tests/bench). Triton reads this
-    # when it is imported, and transformers imports it, so it is set before any test module
-    # is. Nothing else on CPU runs Triton.
+    # Triton's interpreter runs Triton kernels on CPU tensors, where tests call them (the
+    # trainer runs its own on CUDA only). Triton reads this when it is imported, and
+    # transformers imports it, so it is set before any test module is.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 

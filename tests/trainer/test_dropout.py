@@ -61,17 +61,19 @@ def test_bit_dropout_compiles_with_dynamic_shapes() -> None:
         torch.testing.assert_close(states.grad, kept.float() / 0.9)
 
 
-def test_dropout_is_the_identity_out_of_training_and_pytorchs_where_triton_does_not_run(
+def test_dropout_is_the_identity_out_of_training_and_the_kernel_on_kernel_devices_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     states = torch.randn(64, 16)
     assert dropout(states, 0.1, training=False) is states
     assert dropout(states, 0.0, training=True) is states
     torch.manual_seed(3)
-    with_bits = dropout(states, 0.1, training=True)
-    monkeypatch.setattr(dropout_module, "_INTERPRETED", False)
-    torch.manual_seed(3)
     plain = dropout(states, 0.1, training=True)
     torch.manual_seed(3)
     torch.testing.assert_close(plain, F.dropout(states, 0.1, training=True))
+    monkeypatch.setattr(dropout_module, "KERNEL_DEVICES", {"cuda", "cpu"})
+    torch.manual_seed(3)
+    with_bits = dropout(states, 0.1, training=True)
+    torch.manual_seed(3)
+    torch.testing.assert_close(with_bits, bit_dropout(states, 0.1))
     assert not torch.equal(plain, with_bits)

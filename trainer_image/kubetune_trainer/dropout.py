@@ -11,13 +11,10 @@ seeds (docs/benchmarks.md).
 
 The drop probability is rounded to a multiple of 1/65,536. The seed of each call comes from
 torch's generator, so `torch.manual_seed` and a saved random state decide the masks, as
-resuming and gradient caching need. Where Triton does not run (on CPU, unless Triton's
-interpreter is on), this is PyTorch's dropout.
+resuming and gradient caching need. On other devices than CUDA this is PyTorch's dropout.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +27,10 @@ DRAW_LEVELS = 1 << 16
 
 _BLOCK = 1024
 
-_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-"""Whether `triton.jit` made the kernel for Triton's interpreter (it decides when the kernel
-is defined), which runs it on CPU tensors."""
+KERNEL_DEVICES = {"cuda"}
+"""The device types on which `dropout` runs the kernel. Tests add "cpu": with
+`TRITON_INTERPRET=1` set before Triton is imported, Triton's interpreter runs the kernel on
+CPU tensors (about five times slower than PyTorch's dropout there)."""
 
 
 @triton.jit
@@ -81,9 +79,10 @@ def bit_dropout(states: Tensor, p: float) -> Tensor:
 
 
 def dropout(states: Tensor, p: float, training: bool) -> Tensor:
-    """Dropout at rate `p` when `training`: `bit_dropout` where Triton runs, else PyTorch's."""
+    """Dropout at rate `p` when `training`: `bit_dropout` on `KERNEL_DEVICES`, else
+    PyTorch's."""
     if not (training and p > 0):
         return states
-    if states.is_cuda or _INTERPRETED:
+    if states.device.type in KERNEL_DEVICES:
         return bit_dropout(states, p)
     return F.dropout(states, p, training=True)
