@@ -33,6 +33,24 @@ _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
+def _load_rows(ptr, stride, start, length, head, DIM: tl.constexpr, TILE: tl.constexpr):
+    """One head's rows of a text, [TILE, DIM], zero past its `length`."""
+    rows = tl.arange(0, TILE)
+    offsets = (start + rows)[:, None] * stride + head * DIM + tl.arange(0, DIM)[None, :]
+    return tl.load(ptr + offsets, mask=(rows < length)[:, None], other=0.0)
+
+
+@triton.jit
+def _store_rows(
+    ptr, values, start, length, head, HEADS: tl.constexpr, DIM: tl.constexpr, TILE: tl.constexpr
+):
+    """Store one head's rows of a text into a contiguous [T, HEADS, DIM] tensor."""
+    rows = tl.arange(0, TILE)
+    offsets = (start + rows)[:, None] * (HEADS * DIM) + head * DIM + tl.arange(0, DIM)[None, :]
+    tl.store(ptr + offsets, values.to(ptr.dtype.element_ty), mask=(rows < length)[:, None])
+
+
+@triton.jit
 def _forward_kernel(
     q_ptr,
     k_ptr,
@@ -54,25 +72,18 @@ def _forward_kernel(
     start = tl.load(cu_ptr + text)
     length = tl.load(cu_ptr + text + 1) - start
     if (length > LOW) & (length <= TILE):
+        q = _load_rows(q_ptr, q_stride, start, length, head, DIM, TILE)
+        k = _load_rows(k_ptr, k_stride, start, length, head, DIM, TILE)
+        v = _load_rows(v_ptr, v_stride, start, length, head, DIM, TILE)
         rows = tl.arange(0, TILE)
-        dims = tl.arange(0, DIM)
         valid = rows < length
-        token = (start + rows)[:, None]
-        column = head * DIM + dims[None, :]
-        q = tl.load(q_ptr + token * q_stride + column, mask=valid[:, None], other=0.0)
-        k = tl.load(k_ptr + token * k_stride + column, mask=valid[:, None], other=0.0)
-        v = tl.load(v_ptr + token * v_stride + column, mask=valid[:, None], other=0.0)
         scores = tl.dot(q, tl.trans(k)) * scale
         scores = tl.where(valid[None, :], scores, float("-inf"))
         peak = tl.max(scores, 1)
         weights = tl.exp(scores - peak[:, None])
         total = tl.sum(weights, 1)
         out = tl.dot(weights.to(v.dtype), v) / total[:, None]
-        tl.store(
-            out_ptr + token * (HEADS * DIM) + column,
-            out.to(out_ptr.dtype.element_ty),
-            mask=valid[:, None],
-        )
+        _store_rows(out_ptr, out, start, length, head, HEADS, DIM, TILE)
         tl.store(lse_ptr + (start + rows) * HEADS + head, peak + tl.log(total), mask=valid)
 
 
@@ -103,34 +114,27 @@ def _backward_kernel(
     start = tl.load(cu_ptr + text)
     length = tl.load(cu_ptr + text + 1) - start
     if (length > LOW) & (length <= TILE):
+        q = _load_rows(q_ptr, q_stride, start, length, head, DIM, TILE)
+        k = _load_rows(k_ptr, k_stride, start, length, head, DIM, TILE)
+        v = _load_rows(v_ptr, v_stride, start, length, head, DIM, TILE)
+        out = _load_rows(out_ptr, HEADS * DIM, start, length, head, DIM, TILE)
+        grad_out = _load_rows(grad_out_ptr, grad_out_stride, start, length, head, DIM, TILE)
         rows = tl.arange(0, TILE)
-        dims = tl.arange(0, DIM)
         valid = rows < length
-        token = (start + rows)[:, None]
-        column = head * DIM + dims[None, :]
-        row_mask = valid[:, None]
-        q = tl.load(q_ptr + token * q_stride + column, mask=row_mask, other=0.0)
-        k = tl.load(k_ptr + token * k_stride + column, mask=row_mask, other=0.0)
-        v = tl.load(v_ptr + token * v_stride + column, mask=row_mask, other=0.0)
-        out = tl.load(out_ptr + token * (HEADS * DIM) + column, mask=row_mask, other=0.0)
-        grad_out = tl.load(
-            grad_out_ptr + token * grad_out_stride + column, mask=row_mask, other=0.0
-        )
         lse = tl.load(lse_ptr + (start + rows) * HEADS + head, mask=valid, other=0.0)
         # the softmax's backward needs each row's sum of out * grad_out
         delta = tl.sum(out.to(tl.float32) * grad_out.to(tl.float32), 1)
         scores = tl.dot(q, tl.trans(k)) * scale
         weights = tl.exp(scores - lse[:, None])
-        weights = tl.where(row_mask & valid[None, :], weights, 0.0)
+        weights = tl.where(valid[:, None] & valid[None, :], weights, 0.0)
         grad_v = tl.dot(tl.trans(weights.to(v.dtype)), grad_out)
         grad_weights = tl.dot(grad_out, tl.trans(v))
         grad_scores = (weights * (grad_weights - delta[:, None])).to(q.dtype)
         grad_q = tl.dot(grad_scores, k) * scale
         grad_k = tl.dot(tl.trans(grad_scores), q) * scale
-        target = token * (HEADS * DIM) + column
-        tl.store(grad_q_ptr + target, grad_q.to(grad_q_ptr.dtype.element_ty), mask=row_mask)
-        tl.store(grad_k_ptr + target, grad_k.to(grad_k_ptr.dtype.element_ty), mask=row_mask)
-        tl.store(grad_v_ptr + target, grad_v.to(grad_v_ptr.dtype.element_ty), mask=row_mask)
+        _store_rows(grad_q_ptr, grad_q, start, length, head, HEADS, DIM, TILE)
+        _store_rows(grad_k_ptr, grad_k, start, length, head, HEADS, DIM, TILE)
+        _store_rows(grad_v_ptr, grad_v, start, length, head, HEADS, DIM, TILE)
 
 
 def _tiles() -> list[tuple[int, int, int]]:
