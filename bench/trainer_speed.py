@@ -502,12 +502,13 @@ def main() -> None:
     parser.add_argument(
         "--float32-residual",
         action="store_true",
-        help="keep the residual stream in float32 in training (the trainer's before)",
+        help="keep the residual stream in float32 in training (the trainer's until 2026-12-04)",
     )
     parser.add_argument(
         "--torch-dropout",
         action="store_true",
-        help="PyTorch's hidden dropout instead of the keep-bit kernel (the trainer's before)",
+        help="PyTorch's hidden dropout instead of the keep-bit kernel (the trainer's until "
+        "2026-12-04)",
     )
     parser.add_argument(
         "--candidate",

@@ -4,10 +4,10 @@ Why: BERT drops out its hidden states 25 times a step (the embeddings, and after
 attention and feed-forward), each over every token's hidden vector. PyTorch's dropout, and
 Inductor's, make one Philox call (ten rounds of 32-bit multiplies) per value and keep a byte
 per value for the backward. Here a Triton kernel draws eight 16-bit values per Philox call
-and packs eight keep bits into a byte; the backward recomputes the mask from the bits. On an
-H200, with BERT-base at batch 256, this and the bf16 residual stream
-(`kubetune_trainer.model`) made a training step 3.7% faster, at the same quality over three
-seeds (docs/benchmarks.md).
+and packs eight keep bits into a byte; the backward recomputes the mask from the bits.
+Measured on an H200 as a benchmark candidate, with BERT-base at batch 256, this and the bf16
+residual stream (`kubetune_trainer.model`) made a training step 3.7% faster, at the same
+quality over three seeds (docs/benchmarks.md).
 
 The drop probability is rounded to a multiple of 1/65,536. The seed of each call comes from
 torch's generator, so `torch.manual_seed` and a saved random state decide the masks, as
@@ -30,7 +30,8 @@ _BLOCK = 1024
 KERNEL_DEVICES = {"cuda"}
 """The device types on which `dropout` runs the kernel. Tests add "cpu": with
 `TRITON_INTERPRET=1` set before Triton is imported, Triton's interpreter runs the kernel on
-CPU tensors (about five times slower than PyTorch's dropout there)."""
+CPU tensors, too slowly for training there (it made the CPU training tests five times
+slower)."""
 
 
 @triton.jit
