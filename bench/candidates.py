@@ -11,8 +11,8 @@ variant with candidates). `tests/bench/test_candidates.py` checks on CPU what ea
 - `no-hidden-dropout`: BERT's hidden dropout off, to see what dropout costs in time and in
   quality.
 - `short-attention`: the packed attention through `bench/short_attention.py`, one Triton
-  program per text and head with the text's whole attention in one tile, for texts of at
-  most 128 tokens.
+  program per text and head with the text's whole attention in one tile (texts of at most
+  128 tokens; longer ones in blocks).
 
 The bf16 residual stream and the keep-bit dropout (`kubetune_trainer.dropout`) were
 candidates here; measured faster at the same quality, they are the trainer's own.

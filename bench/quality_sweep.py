@@ -60,9 +60,7 @@ VARIANTS = {
     "defaults": Variant({}, False),
     # the defaults with candidate changes that are not in the trainer
     "no-hidden-dropout": Variant({}, False, ("no-hidden-dropout",)),
-    # at most 128 tokens, as the speed benchmark (`short-attention` applies up to 128 only)
-    "len128": Variant({"max_seq_length": 128}, False),
-    "len128-short-attention": Variant({"max_seq_length": 128}, False, ("short-attention",)),
+    "short-attention": Variant({}, False, ("short-attention",)),
 }
 
 

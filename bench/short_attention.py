@@ -10,8 +10,11 @@ pass. Texts are grouped by the tile that fits them (16, 32, 64 or 128 rows): one
 tile size over every (text, head), in which the texts of other sizes return at once, so the
 grid needs no count from the device.
 
-For texts longer than `MAX_TILE` the trainer's own kernel runs (`model._attend`); nothing
-here runs on CPU unless Triton's interpreter is on (`TRITON_INTERPRET=1`).
+Texts longer than `MAX_TILE` tokens (at the defaults, training truncates at the model's 256)
+go through blocks of `LONG_BLOCK` rows with a running softmax, and a backward in which each
+program writes the key and value gradients of its block and then its query gradient, so
+again with no atomics. Nothing here runs on CPU unless Triton's interpreter is on
+(`TRITON_INTERPRET=1`).
 """
 
 from __future__ import annotations
@@ -28,24 +31,36 @@ from kubetune_trainer import model as model_module
 MAX_TILE = 128
 TILES = (16, 32, 64, 128)
 """The tile sizes: a text of n tokens goes to the smallest that holds it (tl.dot needs 16)."""
+LONG_BLOCK = 64
+"""Rows per block for texts over `MAX_TILE` tokens."""
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
-def _load_rows(ptr, stride, start, length, head, DIM: tl.constexpr, TILE: tl.constexpr):
-    """One head's rows of a text, [TILE, DIM], zero past its `length`."""
-    rows = tl.arange(0, TILE)
+def _load_rows(ptr, stride, start, first, length, head, DIM: tl.constexpr, TILE: tl.constexpr):
+    """One head's rows `first` to `first + TILE` of a text, [TILE, DIM], zero past its
+    `length`."""
+    rows = first + tl.arange(0, TILE)
     offsets = (start + rows)[:, None] * stride + head * DIM + tl.arange(0, DIM)[None, :]
     return tl.load(ptr + offsets, mask=(rows < length)[:, None], other=0.0)
 
 
 @triton.jit
 def _store_rows(
-    ptr, values, start, length, head, HEADS: tl.constexpr, DIM: tl.constexpr, TILE: tl.constexpr
+    ptr,
+    values,
+    start,
+    first,
+    length,
+    head,
+    HEADS: tl.constexpr,
+    DIM: tl.constexpr,
+    TILE: tl.constexpr,
 ):
-    """Store one head's rows of a text into a contiguous [T, HEADS, DIM] tensor."""
-    rows = tl.arange(0, TILE)
+    """Store one head's rows `first` to `first + TILE` of a text into a contiguous
+    [T, HEADS, DIM] tensor."""
+    rows = first + tl.arange(0, TILE)
     offsets = (start + rows)[:, None] * (HEADS * DIM) + head * DIM + tl.arange(0, DIM)[None, :]
     tl.store(ptr + offsets, values.to(ptr.dtype.element_ty), mask=(rows < length)[:, None])
 
@@ -72,9 +87,9 @@ def _forward_kernel(
     start = tl.load(cu_ptr + text)
     length = tl.load(cu_ptr + text + 1) - start
     if (length > LOW) & (length <= TILE):
-        q = _load_rows(q_ptr, q_stride, start, length, head, DIM, TILE)
-        k = _load_rows(k_ptr, k_stride, start, length, head, DIM, TILE)
-        v = _load_rows(v_ptr, v_stride, start, length, head, DIM, TILE)
+        q = _load_rows(q_ptr, q_stride, start, 0, length, head, DIM, TILE)
+        k = _load_rows(k_ptr, k_stride, start, 0, length, head, DIM, TILE)
+        v = _load_rows(v_ptr, v_stride, start, 0, length, head, DIM, TILE)
         rows = tl.arange(0, TILE)
         valid = rows < length
         scores = tl.dot(q, tl.trans(k)) * scale
@@ -83,7 +98,7 @@ def _forward_kernel(
         weights = tl.exp(scores - peak[:, None])
         total = tl.sum(weights, 1)
         out = tl.dot(weights.to(v.dtype), v) / total[:, None]
-        _store_rows(out_ptr, out, start, length, head, HEADS, DIM, TILE)
+        _store_rows(out_ptr, out, start, 0, length, head, HEADS, DIM, TILE)
         tl.store(lse_ptr + (start + rows) * HEADS + head, peak + tl.log(total), mask=valid)
 
 
@@ -114,11 +129,11 @@ def _backward_kernel(
     start = tl.load(cu_ptr + text)
     length = tl.load(cu_ptr + text + 1) - start
     if (length > LOW) & (length <= TILE):
-        q = _load_rows(q_ptr, q_stride, start, length, head, DIM, TILE)
-        k = _load_rows(k_ptr, k_stride, start, length, head, DIM, TILE)
-        v = _load_rows(v_ptr, v_stride, start, length, head, DIM, TILE)
-        out = _load_rows(out_ptr, HEADS * DIM, start, length, head, DIM, TILE)
-        grad_out = _load_rows(grad_out_ptr, grad_out_stride, start, length, head, DIM, TILE)
+        q = _load_rows(q_ptr, q_stride, start, 0, length, head, DIM, TILE)
+        k = _load_rows(k_ptr, k_stride, start, 0, length, head, DIM, TILE)
+        v = _load_rows(v_ptr, v_stride, start, 0, length, head, DIM, TILE)
+        out = _load_rows(out_ptr, HEADS * DIM, start, 0, length, head, DIM, TILE)
+        grad_out = _load_rows(grad_out_ptr, grad_out_stride, start, 0, length, head, DIM, TILE)
         rows = tl.arange(0, TILE)
         valid = rows < length
         lse = tl.load(lse_ptr + (start + rows) * HEADS + head, mask=valid, other=0.0)
@@ -132,9 +147,172 @@ def _backward_kernel(
         grad_scores = (weights * (grad_weights - delta[:, None])).to(q.dtype)
         grad_q = tl.dot(grad_scores, k) * scale
         grad_k = tl.dot(tl.trans(grad_scores), q) * scale
-        _store_rows(grad_q_ptr, grad_q, start, length, head, HEADS, DIM, TILE)
-        _store_rows(grad_k_ptr, grad_k, start, length, head, HEADS, DIM, TILE)
-        _store_rows(grad_v_ptr, grad_v, start, length, head, HEADS, DIM, TILE)
+        _store_rows(grad_q_ptr, grad_q, start, 0, length, head, HEADS, DIM, TILE)
+        _store_rows(grad_k_ptr, grad_k, start, 0, length, head, HEADS, DIM, TILE)
+        _store_rows(grad_v_ptr, grad_v, start, 0, length, head, HEADS, DIM, TILE)
+
+
+@triton.jit
+def _long_forward_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    out_ptr,
+    lse_ptr,
+    cu_ptr,
+    q_stride,
+    k_stride,
+    v_stride,
+    scale,
+    HEADS: tl.constexpr,
+    DIM: tl.constexpr,
+    LOW: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Texts over `LOW` tokens: one program per text, head and block of `BLOCK` query rows,
+    over the key blocks with a running softmax."""
+    text = tl.program_id(0)
+    head = tl.program_id(1)
+    first = tl.program_id(2) * BLOCK
+    start = tl.load(cu_ptr + text)
+    length = tl.load(cu_ptr + text + 1) - start
+    if (length > LOW) & (first < length):
+        q = _load_rows(q_ptr, q_stride, start, first, length, head, DIM, BLOCK)
+        peak = tl.full((BLOCK,), float("-inf"), tl.float32)
+        total = tl.zeros((BLOCK,), tl.float32)
+        acc = tl.zeros((BLOCK, DIM), tl.float32)
+        for key_first in range(0, length, BLOCK):
+            k = _load_rows(k_ptr, k_stride, start, key_first, length, head, DIM, BLOCK)
+            v = _load_rows(v_ptr, v_stride, start, key_first, length, head, DIM, BLOCK)
+            scores = tl.dot(q, tl.trans(k)) * scale
+            columns = key_first + tl.arange(0, BLOCK)
+            scores = tl.where((columns < length)[None, :], scores, float("-inf"))
+            new_peak = tl.maximum(peak, tl.max(scores, 1))
+            rescale = tl.exp(peak - new_peak)
+            weights = tl.exp(scores - new_peak[:, None])
+            total = total * rescale + tl.sum(weights, 1)
+            acc = acc * rescale[:, None] + tl.dot(weights.to(v.dtype), v)
+            peak = new_peak
+        _store_rows(out_ptr, acc / total[:, None], start, first, length, head, HEADS, DIM, BLOCK)
+        rows = first + tl.arange(0, BLOCK)
+        tl.store(lse_ptr + (start + rows) * HEADS + head, peak + tl.log(total), mask=rows < length)
+
+
+@triton.jit
+def _long_rows_for_backward(
+    q_ptr,
+    out_ptr,
+    grad_out_ptr,
+    lse_ptr,
+    q_stride,
+    grad_out_stride,
+    start,
+    first,
+    length,
+    head,
+    HEADS: tl.constexpr,
+    DIM: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """A query block's rows, output gradient, log-sum-exp and sum of out * grad_out."""
+    q = _load_rows(q_ptr, q_stride, start, first, length, head, DIM, BLOCK)
+    out = _load_rows(out_ptr, HEADS * DIM, start, first, length, head, DIM, BLOCK)
+    grad_out = _load_rows(grad_out_ptr, grad_out_stride, start, first, length, head, DIM, BLOCK)
+    rows = first + tl.arange(0, BLOCK)
+    lse = tl.load(lse_ptr + (start + rows) * HEADS + head, mask=rows < length, other=0.0)
+    delta = tl.sum(out.to(tl.float32) * grad_out.to(tl.float32), 1)
+    return q, grad_out, lse, delta
+
+
+@triton.jit
+def _long_weights(q, k, lse, scale, query_first, key_first, length, BLOCK: tl.constexpr):
+    """The attention weights of a query block on a key block, zero outside the text."""
+    rows = query_first + tl.arange(0, BLOCK)
+    columns = key_first + tl.arange(0, BLOCK)
+    weights = tl.exp(tl.dot(q, tl.trans(k)) * scale - lse[:, None])
+    return tl.where((rows < length)[:, None] & (columns < length)[None, :], weights, 0.0)
+
+
+@triton.jit
+def _long_backward_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    out_ptr,
+    grad_out_ptr,
+    lse_ptr,
+    grad_q_ptr,
+    grad_k_ptr,
+    grad_v_ptr,
+    cu_ptr,
+    q_stride,
+    k_stride,
+    v_stride,
+    grad_out_stride,
+    scale,
+    HEADS: tl.constexpr,
+    DIM: tl.constexpr,
+    LOW: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Texts over `LOW` tokens: one program per text, head and block of `BLOCK` rows, which
+    writes the key and value gradients of its rows (over the query blocks) and the query
+    gradient of its rows (over the key blocks): no atomics."""
+    text = tl.program_id(0)
+    head = tl.program_id(1)
+    first = tl.program_id(2) * BLOCK
+    start = tl.load(cu_ptr + text)
+    length = tl.load(cu_ptr + text + 1) - start
+    if (length > LOW) & (first < length):
+        k = _load_rows(k_ptr, k_stride, start, first, length, head, DIM, BLOCK)
+        v = _load_rows(v_ptr, v_stride, start, first, length, head, DIM, BLOCK)
+        grad_k = tl.zeros((BLOCK, DIM), tl.float32)
+        grad_v = tl.zeros((BLOCK, DIM), tl.float32)
+        for query_first in range(0, length, BLOCK):
+            q, grad_out, lse, delta = _long_rows_for_backward(
+                q_ptr,
+                out_ptr,
+                grad_out_ptr,
+                lse_ptr,
+                q_stride,
+                grad_out_stride,
+                start,
+                query_first,
+                length,
+                head,
+                HEADS,
+                DIM,
+                BLOCK,
+            )
+            weights = _long_weights(q, k, lse, scale, query_first, first, length, BLOCK)
+            grad_v += tl.dot(tl.trans(weights.to(v.dtype)), grad_out)
+            grad_scores = weights * (tl.dot(grad_out, tl.trans(v)) - delta[:, None])
+            grad_k += tl.dot(tl.trans(grad_scores.to(q.dtype)), q)
+        _store_rows(grad_k_ptr, grad_k * scale, start, first, length, head, HEADS, DIM, BLOCK)
+        _store_rows(grad_v_ptr, grad_v, start, first, length, head, HEADS, DIM, BLOCK)
+        q, grad_out, lse, delta = _long_rows_for_backward(
+            q_ptr,
+            out_ptr,
+            grad_out_ptr,
+            lse_ptr,
+            q_stride,
+            grad_out_stride,
+            start,
+            first,
+            length,
+            head,
+            HEADS,
+            DIM,
+            BLOCK,
+        )
+        grad_q = tl.zeros((BLOCK, DIM), tl.float32)
+        for key_first in range(0, length, BLOCK):
+            k = _load_rows(k_ptr, k_stride, start, key_first, length, head, DIM, BLOCK)
+            v = _load_rows(v_ptr, v_stride, start, key_first, length, head, DIM, BLOCK)
+            weights = _long_weights(q, k, lse, scale, first, key_first, length, BLOCK)
+            grad_scores = weights * (tl.dot(grad_out, tl.trans(v)) - delta[:, None])
+            grad_q += tl.dot(grad_scores.to(q.dtype), k)
+        _store_rows(grad_q_ptr, grad_q * scale, start, first, length, head, HEADS, DIM, BLOCK)
 
 
 def _tiles() -> list[tuple[int, int, int]]:
@@ -154,39 +332,31 @@ def _rows(tensor: Tensor) -> Tensor:
 
 @torch.library.custom_op("kubetune_bench::short_attention", mutates_args=())
 def short_attention_forward(
-    query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor
+    query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor, max_length: int
 ) -> tuple[Tensor, Tensor]:
     """Attention within each text of packed `query`, `key`, `value` [T, H, D], texts of at
-    most `MAX_TILE` tokens: the output [T, H, D] and each row's log-sum-exp [T, H]."""
+    most `max_length` tokens: the output [T, H, D] and each row's log-sum-exp [T, H]."""
     query, key, value = _rows(query), _rows(key), _rows(value)
     tokens, heads, dim = query.shape
     out = torch.empty((tokens, heads, dim), dtype=query.dtype, device=query.device)
     lse = torch.empty((tokens, heads), dtype=torch.float32, device=query.device)
-    grid = (cu_seqlens.shape[0] - 1, heads)
+    texts = cu_seqlens.shape[0] - 1
+    arguments = (query, key, value, out, lse, cu_seqlens)
+    strides = (query.stride(0), key.stride(0), value.stride(0), dim**-0.5)
     for low, tile, warps in _tiles():
-        _forward_kernel[grid](
-            query,
-            key,
-            value,
-            out,
-            lse,
-            cu_seqlens,
-            query.stride(0),
-            key.stride(0),
-            value.stride(0),
-            dim**-0.5,
-            HEADS=heads,
-            DIM=dim,
-            LOW=low,
-            TILE=tile,
-            num_warps=warps,
+        _forward_kernel[(texts, heads)](
+            *arguments, *strides, HEADS=heads, DIM=dim, LOW=low, TILE=tile, num_warps=warps
+        )
+    if max_length > MAX_TILE:
+        _long_forward_kernel[(texts, heads, triton.cdiv(max_length, LONG_BLOCK))](
+            *arguments, *strides, HEADS=heads, DIM=dim, LOW=MAX_TILE, BLOCK=LONG_BLOCK
         )
     return out, lse
 
 
 @short_attention_forward.register_fake
 def _forward_shape(
-    query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor
+    query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor, max_length: int
 ) -> tuple[Tensor, Tensor]:
     tokens, heads, dim = query.shape
     return query.new_empty((tokens, heads, dim)), query.new_empty(
@@ -203,6 +373,7 @@ def short_attention_backward(
     grad_out: Tensor,
     lse: Tensor,
     cu_seqlens: Tensor,
+    max_length: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The gradients of `short_attention_forward` with respect to query, key and value."""
     query, key, value, grad_out = _rows(query), _rows(key), _rows(value), _rows(grad_out)
@@ -211,27 +382,16 @@ def short_attention_backward(
         torch.empty((tokens, heads, dim), dtype=t.dtype, device=t.device)
         for t in (query, key, value)
     ]
-    grid = (cu_seqlens.shape[0] - 1, heads)
+    texts = cu_seqlens.shape[0] - 1
+    arguments = (query, key, value, out, grad_out, lse, *grads, cu_seqlens)
+    strides = (query.stride(0), key.stride(0), value.stride(0), grad_out.stride(0), dim**-0.5)
     for low, tile, warps in _tiles():
-        _backward_kernel[grid](
-            query,
-            key,
-            value,
-            out,
-            grad_out,
-            lse,
-            *grads,
-            cu_seqlens,
-            query.stride(0),
-            key.stride(0),
-            value.stride(0),
-            grad_out.stride(0),
-            dim**-0.5,
-            HEADS=heads,
-            DIM=dim,
-            LOW=low,
-            TILE=tile,
-            num_warps=warps,
+        _backward_kernel[(texts, heads)](
+            *arguments, *strides, HEADS=heads, DIM=dim, LOW=low, TILE=tile, num_warps=warps
+        )
+    if max_length > MAX_TILE:
+        _long_backward_kernel[(texts, heads, triton.cdiv(max_length, LONG_BLOCK))](
+            *arguments, *strides, HEADS=heads, DIM=dim, LOW=MAX_TILE, BLOCK=LONG_BLOCK
         )
     return grads[0], grads[1], grads[2]
 
@@ -245,22 +405,31 @@ def _backward_shape(
     grad_out: Tensor,
     lse: Tensor,
     cu_seqlens: Tensor,
+    max_length: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
 
 
 def _save(ctx: object, inputs: tuple[Tensor, ...], output: tuple[Tensor, Tensor]) -> None:
-    query, key, value, cu_seqlens = inputs
+    query, key, value, cu_seqlens, max_length = inputs
     out, lse = output
     ctx.save_for_backward(query, key, value, out, lse, cu_seqlens)  # type: ignore[attr-defined]
+    ctx.max_length = max_length  # type: ignore[attr-defined]
 
 
 def _backward(ctx: object, grad_out: Tensor, _grad_lse: Tensor) -> tuple[Tensor | None, ...]:
     query, key, value, out, lse, cu_seqlens = ctx.saved_tensors  # type: ignore[attr-defined]
     grad_query, grad_key, grad_value = short_attention_backward(
-        query, key, value, out, grad_out, lse, cu_seqlens
+        query,
+        key,
+        value,
+        out,
+        grad_out,
+        lse,
+        cu_seqlens,
+        ctx.max_length,  # type: ignore[attr-defined]
     )
-    return grad_query, grad_key, grad_value, None
+    return grad_query, grad_key, grad_value, None, None
 
 
 short_attention_forward.register_autograd(_backward, setup_context=_save)
@@ -275,14 +444,14 @@ def short_attention(
     cu_seqlens: Tensor,
     max_length: int,
 ) -> Tensor:
-    """`kubetune_trainer.model._attend` through `short_attention_forward` where it applies
-    (Triton runs, texts of at most `MAX_TILE` tokens, half-precision inputs on CUDA)."""
+    """`kubetune_trainer.model._attend` through `short_attention_forward` where Triton runs
+    (half-precision inputs on CUDA, or Triton's interpreter)."""
     runs = (query.is_cuda and query.dtype in (torch.bfloat16, torch.float16)) or _INTERPRETED
-    if not runs or max_length > MAX_TILE:
+    if not runs:
         return TRAINER_ATTEND(
             query, key, value, sequence_index, position_ids, cu_seqlens, max_length
         )
-    return short_attention_forward(query, key, value, cu_seqlens)[0]
+    return short_attention_forward(query, key, value, cu_seqlens, max_length)[0]
 
 
 TRAINER_ATTEND = model_module._attend

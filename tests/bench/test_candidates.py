@@ -33,16 +33,25 @@ def test_no_hidden_dropout_turns_off_the_hidden_dropouts_only() -> None:
         candidates.apply(encoder, ["fast"])
 
 
-def test_short_attention_computes_each_texts_attention_and_its_gradients() -> None:
-    """Texts of every tile size (16 to 128 rows, and lengths on both sides of each boundary),
-    in float32 under Triton's interpreter, against SDPA text by text; the inputs are views of
-    one stacked projection, as the trainer passes them."""
-    lengths = [3, 16, 17, 32, 33, 64, 65, 100, 128, 2]
+@pytest.mark.parametrize(
+    ("lengths", "max_length"),
+    [
+        ([3, 16, 17, 32, 33, 64, 65, 100, 128, 2], 128),
+        # texts over 128 tokens: blocks of 64 rows, a partial last one, beside short texts
+        ([129, 5, 200, 64, 256], 256),
+    ],
+)
+def test_short_attention_computes_each_texts_attention_and_its_gradients(
+    lengths: list[int], max_length: int
+) -> None:
+    """Texts of every tile size (16 to 128 rows, lengths on both sides of each boundary) and
+    longer, in float32 under Triton's interpreter, against SDPA text by text; the inputs are
+    views of one stacked projection, as the trainer passes them."""
     cu_seqlens = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32)
     torch.manual_seed(0)
     stacked = torch.randn(int(cu_seqlens[-1]), 3, 2, 16, requires_grad=True)
     query, key, value = stacked[:, 0], stacked[:, 1], stacked[:, 2]
-    out = short_attention.short_attention_forward(query, key, value, cu_seqlens)[0]
+    out = short_attention.short_attention_forward(query, key, value, cu_seqlens, max_length)[0]
     grad_out = torch.randn_like(out)
     (out * grad_out).sum().backward()
     grads = stacked.grad.clone()
@@ -62,8 +71,7 @@ def test_short_attention_computes_each_texts_attention_and_its_gradients() -> No
 
 def test_short_attention_in_the_packed_forward() -> None:
     """As the candidate, it gives the packed forward's embeddings and gradients, compiled with
-    dynamic shapes (the kernels as opaque operators); beyond 128 tokens the trainer's kernel
-    runs."""
+    dynamic shapes (the kernels as opaque operators)."""
     texts = packed_texts()
     encoder = tiny_encoder()
     encoder.eval()
@@ -83,7 +91,3 @@ def test_short_attention_in_the_packed_forward() -> None:
         compiled = torch.compile(encoder, backend="aot_eager", dynamic=True)
         for got, want in zip(embeddings_and_grads(compiled, 64), expected, strict=True):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
-        calls = []
-        patch.setattr(short_attention, "TRAINER_ATTEND", lambda *args: calls.append(1) or args[0])
-        embed(encoder, texts, 256)
-        assert len(calls) == 2
