@@ -2,10 +2,13 @@
 # The GPU measurements of docs/benchmarks.md, run from the repository root on the GPU machine:
 #   bash bench/gpu_session.sh OUT_DIR STAGE...
 #   (stages: check speed speed-ours quality quality-full attention ddp trial2 ddp2 sweep sweep-defaults
-#    sweep-candidates candidates profile profile2 net scaling overlap ddp-variants search-random
-#    search-tpe search-tpe-prune)
+#    sweep-candidates candidates profile profile-gpu-only profile2 net scaling overlap ddp-variants
+#    search-random search-tpe search-tpe-prune)
 # Expects .bench/ (minilm/ as a sentence-transformers dir, debian-train.jsonl.gz,
 # debian-test.jsonl) and, where the machine lacks them, wheels in .whl/.
+# Every GPU's clocks, power and clock-limit reasons are sampled each second into
+# OUT_DIR/gpu-telemetry.csv while the stages run (each stage's start time is printed), to tell
+# a GPU held back by its power or temperature limit from one that waits for work.
 set -u
 out=$1
 shift
@@ -16,6 +19,12 @@ fi
 export PYTHONPATH=/tmp/site:$PWD:$PWD/operator:$PWD/trainer_image
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+telemetry=clocks_event_reasons.active
+nvidia-smi --query-gpu=$telemetry --format=csv >/dev/null 2>&1 || telemetry=clocks_throttle_reasons.active
+fields=timestamp,index,clocks.sm,clocks.mem,power.draw,power.limit,temperature.gpu
+nvidia-smi --query-gpu=$fields,utilization.gpu,$telemetry --format=csv -l 1 >"$out/gpu-telemetry.csv" 2>&1 &
+sampler=$!
+trap 'kill $sampler 2>/dev/null' EXIT
 data=.bench/debian-train.jsonl.gz
 models=(--model minilm=.bench/minilm --model bert-base=random)
 trial() {  # method, torchrun prefix...
@@ -86,6 +95,14 @@ print(torch.__version__, transformers.__version__, st.__version__, torch.cuda.de
         python3 bench/trainer_speed.py --data $data "${models[@]}" --skip-st --steps 5 \
             --profile "$out/traces" ${SPEED_FLAGS:-} 2>&1 | tee "$out/profile-1gpu.log"
         ;;
+    profile-gpu-only)  # the GPU's kernels and copies only, so the host runs at about its
+        # unprofiled speed and the idle sites are those of a timed run; SPEED_FLAGS as for
+        # speed-ours (default --measure bert-base)
+        # shellcheck disable=SC2086
+        python3 bench/trainer_speed.py --data $data "${models[@]}" --skip-st --steps 10 \
+            --profile "$out/traces" --profile-gpu-only ${SPEED_FLAGS:---measure bert-base} 2>&1 |
+            tee "$out/profile-gpu-only.log"
+        ;;
     profile2)
         torchrun --nproc-per-node 2 bench/trainer_speed.py --data $data "${models[@]}" \
             --skip-st --steps 5 --profile "$out/traces" ${DDP_FLAGS:-} 2>&1 |
@@ -138,7 +155,7 @@ print(torch.__version__, transformers.__version__, st.__version__, torch.cuda.de
             "bert-base:--candidate no-hidden-dropout" "minilm:")
         [[ -n ${CANDIDATE_RUNS:-} ]] && IFS=';' read -ra runs <<<"$CANDIDATE_RUNS"
         for run in "${runs[@]}"; do
-            echo "--- ${run%%:*}: ${run#*:}" | tee -a "$out/candidates.log"
+            echo "--- ${run%%:*}: ${run#*:} ($(date -u +%T))" | tee -a "$out/candidates.log"
             # shellcheck disable=SC2086
             timeout 240 python3 bench/trainer_speed.py --data $data "${models[@]}" --skip-st \
                 --measure "${run%%:*}" ${run#*:} 2>&1 | tee -a "$out/candidates.log" |

@@ -332,20 +332,25 @@ def profile_ours(
 ) -> None:
     """Train `--warmup` steps, then profile `--steps` more (on every process; rank 0 reports):
     a table of the costliest operations and a trace under `--profile`, and from the trace,
-    per step, the wall time, the time some kernel ran, and the time NCCL kernels ran with
-    and without a compute kernel beside them."""
+    per step, the wall time, the time some kernel ran, the time NCCL kernels ran with and
+    without a compute kernel beside them, and where the GPU waited. With `--profile-gpu-only`
+    the host's operations are not recorded: no table, and a host that runs at about its
+    unprofiled speed, so the waits are those of the timed runs."""
     trainer = _trainer(model_dir, examples, args, device, process, _Windows())
     trainer.total_steps = args.warmup
     trainer.run()
     trainer.total_steps = args.warmup + args.steps
-    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    activities = [torch.profiler.ProfilerActivity.CUDA]
+    if not args.profile_gpu_only:
+        activities.append(torch.profiler.ProfilerActivity.CPU)
     with torch.profiler.profile(activities=activities) as profiler:
         trainer.run()
     if not process.lead:
         return
-    table = profiler.key_averages().table(sort_by="self_cuda_time_total", row_limit=25)
-    print(table)
-    trace = args.profile / f"trace-{name}-{process.world_size}gpu.json"
+    if not args.profile_gpu_only:  # the table's host columns need the host's operations
+        print(profiler.key_averages().table(sort_by="self_cuda_time_total", row_limit=25))
+    kind = "-gpu-only" if args.profile_gpu_only else ""
+    trace = args.profile / f"trace-{name}-{process.world_size}gpu{kind}.json"
     profiler.export_chrome_trace(str(trace))
     print(json.dumps({"model": name, "gpus": process.world_size} | _timeline(trace, args.steps)))
     with open(trace, "rb") as raw, gzip.open(f"{trace}.gz", "wb") as packed:
@@ -363,11 +368,37 @@ def _union(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def _timeline(trace: Path, steps: int) -> dict[str, float]:
+GAP_SITES = 8
+"""How many of the largest idle sites `_timeline` names."""
+
+
+def idle_sites(work: list[dict[str, Any]], steps: int) -> list[tuple[float, float, str]]:
+    """Where the GPU waits: the time between the end of a kernel (or copy) and the start of
+    the next when nothing runs between them, summed by the pair of names around it, in
+    milliseconds per step, with how many such gaps a step has, largest first."""
+    by_start = sorted(work, key=lambda event: event["ts"])
+    sites: dict[str, list[float]] = {}
+    reach = by_start[0]["ts"] + by_start[0]["dur"]
+    last = by_start[0]["name"]
+    for event in by_start[1:]:
+        if event["ts"] > reach:
+            site = f"{last[:60]} -> {event['name'][:60]}"
+            sites.setdefault(site, []).append(event["ts"] - reach)
+        if event["ts"] + event["dur"] >= reach:
+            reach, last = event["ts"] + event["dur"], event["name"]
+    ranked = sorted(sites.items(), key=lambda item: -sum(item[1]))
+    return [(sum(gaps) / (1e3 * steps), len(gaps) / steps, site) for site, gaps in ranked]
+
+
+def _timeline(trace: Path, steps: int) -> dict[str, Any]:
     """Per-step milliseconds from a Chrome trace: wall (first to last kernel), some kernel
-    running, NCCL running, and NCCL running while no compute kernel does (exposed)."""
+    running, NCCL running, NCCL running while no compute kernel does (exposed), and the
+    largest idle sites (`idle_sites`)."""
     events = json.loads(trace.read_text())["traceEvents"]
-    kernels = [e for e in events if e.get("cat") == "kernel" and "dur" in e]
+    device_work = [
+        e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e
+    ]
+    kernels = [e for e in device_work if e["cat"] == "kernel"]
     spans = [(e["ts"], e["ts"] + e["dur"]) for e in kernels]
     nccl = [(e["ts"], e["ts"] + e["dur"]) for e in kernels if "nccl" in e["name"].lower()]
     compute = [(e["ts"], e["ts"] + e["dur"]) for e in kernels if "nccl" not in e["name"].lower()]
@@ -381,6 +412,10 @@ def _timeline(trace: Path, steps: int) -> dict[str, float]:
         "nccl_ms": _union(nccl) / per_step,
         "nccl_exposed_ms": exposed / per_step,
         "kernels_per_step": len(compute) / steps,
+        "idle_sites": [
+            [round(ms, 3), round(count, 1), site]
+            for ms, count, site in idle_sites(device_work, steps)[:GAP_SITES]
+        ],
     }
 
 
@@ -526,6 +561,13 @@ def main() -> None:
         "--profile",
         type=Path,
         help="profile --steps steps after --warmup into this directory instead of timing",
+    )
+    parser.add_argument(
+        "--profile-gpu-only",
+        action="store_true",
+        help="with --profile, record the GPU's kernels and copies only, not the host's "
+        "operations, which slow the host down: the idle sites are then those of an "
+        "unprofiled step",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")

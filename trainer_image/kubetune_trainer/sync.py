@@ -85,7 +85,7 @@ class GradientBuckets:
             if self.dtype != group[0].dtype:
                 torch._foreach_copy_(grads, views)  # type: ignore[arg-type]
                 averaged = grads  # type: ignore[assignment]
-            # per tensor, then over them, as clip_grad_norm_ (one long sum loses precision)
+            # per tensor here, over them in `norm`: as `gradient_norm`
             self.norms[index] = torch.stack(torch._foreach_norm(averaged, 2))
 
     def finish(self) -> None:
@@ -137,6 +137,12 @@ class StagedForward:
 
     def _ready(self, index: int, _grad: Tensor) -> None:
         self.buckets.launch(index)
+
+
+def gradient_norm(grads: list[Tensor]) -> Tensor:
+    """The L2 norm of all of `grads`: per tensor, then over them, as `clip_grad_norm_` computes
+    it (one long sum loses precision)."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2)))
 
 
 def clip_in_step(

@@ -2,7 +2,8 @@
 
 AdamW (fused on CUDA; no weight decay on biases and norm weights), linear warmup then linear
 decay to zero, autocast in the trial's precision (a loss scaler only for fp16), gradient
-clipping, and optionally gradient caching. On CUDA the encoder's packed forward is compiled
+clipping (folded into the fused AdamW step, which saves a pass over the gradients), and
+optionally gradient caching. On CUDA the encoder's packed forward is compiled
 (`torch.compile`, one dynamic-shape graph). With `cuda_graphs` it is also replayed as CUDA
 graphs: each batch is padded with dummy texts to one of a few shapes, the same on every
 process (`batching.graph_shape`), and the host issues a whole forward or backward as one
@@ -11,8 +12,8 @@ replay instead of hundreds of kernel launches. That is the default with several 
 gains nothing on BERT-base. With several processes and CUDA graphs there is no
 DistributedDataParallel: every process gets a share of each batch balanced by tokens, the
 forward of BERT models runs in two compiled stages, and the trainer averages gradients in
-buckets, the second stage's while the first stage's backward runs (`kubetune_trainer.sync`);
-clipping then folds into the fused AdamW step. Without CUDA graphs (or with gradient
+buckets, the second stage's while the first stage's backward runs (`kubetune_trainer.sync`),
+which also gives the gradients' norm for clipping. Without CUDA graphs (or with gradient
 caching) the encoder is wrapped in DistributedDataParallel instead. Nothing in an ordinary
 step waits for the accelerator: batches come from pre-tokenized arrays through pinned
 memory, and the loss stays on the device until a logging step reads it, so the host queues
@@ -40,7 +41,7 @@ from kubetune_trainer.errors import TrainingError
 from kubetune_trainer.losses import Loss
 from kubetune_trainer.model import Encoder, PackedStage
 from kubetune_trainer.step import EncodeFn, cached_forward_backward, forward_backward
-from kubetune_trainer.sync import GradientBuckets, StagedForward, clip_in_step
+from kubetune_trainer.sync import GradientBuckets, StagedForward, clip_in_step, gradient_norm
 from kubetune_trainer.tracking import LogPoint, Observer
 
 
@@ -215,13 +216,16 @@ class Trainer:
         return GradientBuckets(groups, dtype)
 
     def _clip(self, max_norm: float) -> None:
-        """Clip gradients to `max_norm` in all; with gradient buckets, from their norm and in
-        the optimizer step (`sync.clip_in_step`)."""
-        if self.buckets is None or self.scaler.is_enabled():
+        """Clip gradients to `max_norm` in all, in the optimizer step (`sync.clip_in_step`:
+        the fused AdamW step scales them, which saves `clip_grad_norm_`'s pass over them),
+        from the gradient buckets' norm where there are buckets. Under a GradScaler (fp16),
+        `clip_grad_norm_`: the scaler's step sets the fused step's scale itself."""
+        if self.scaler.is_enabled():
             torch.nn.utils.clip_grad_norm_(self.parameters.values(), max_norm)
             return
         grads = [p.grad for p in self.parameters.values() if p.grad is not None]
-        clip_in_step(self.optimizer, grads, self.buckets.norm(), max_norm)
+        norm = self.buckets.norm() if self.buckets is not None else gradient_norm(grads)
+        clip_in_step(self.optimizer, grads, norm, max_norm)
 
     def state(self) -> dict[str, Any]:
         """Everything needed to continue training from the current step."""
