@@ -36,6 +36,33 @@ LONG_BLOCK = 64
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
+WARPS = (2, 4, 8, 16)
+STAGES = (1, 2)
+"""On a GPU, Triton times each tile kernel at each of these warp and pipeline-stage counts on
+its first call for a tile size (and heads and head size), and keeps the fastest: a tile of 128
+rows holds 128 x 128 float32 scores, and with too few warps its registers spill. A tile gets
+at most one warp per 8 rows."""
+
+
+def _fitting_warps(
+    configs: list[triton.Config], named_args: dict[str, object], **kwargs: object
+) -> list[triton.Config]:
+    tile = int(kwargs.get("TILE", named_args.get("TILE")))  # type: ignore[call-overload]
+    return [config for config in configs if config.num_warps <= max(2, tile // 8)]
+
+
+def _tuned(kernel: triton.JITFunction) -> triton.JITFunction:
+    """`kernel` autotuned over `WARPS` and `STAGES` per tile size; as it is under Triton's
+    interpreter, which ignores both and whose timings would be of the interpreter."""
+    if _INTERPRETED:
+        return kernel
+    configs = [triton.Config({}, num_warps=w, num_stages=s) for w in WARPS for s in STAGES]
+    return triton.autotune(
+        configs,
+        key=["TILE", "HEADS", "DIM"],
+        prune_configs_by={"early_config_prune": _fitting_warps},
+    )(kernel)
+
 
 @triton.jit
 def _load_rows(ptr, stride, start, first, length, head, DIM: tl.constexpr, TILE: tl.constexpr):
@@ -65,6 +92,7 @@ def _store_rows(
     tl.store(ptr + offsets, values.to(ptr.dtype.element_ty), mask=(rows < length)[:, None])
 
 
+@_tuned
 @triton.jit
 def _forward_kernel(
     q_ptr,
@@ -102,6 +130,7 @@ def _forward_kernel(
         tl.store(lse_ptr + (start + rows) * HEADS + head, peak + tl.log(total), mask=valid)
 
 
+@_tuned
 @triton.jit
 def _backward_kernel(
     q_ptr,
@@ -315,11 +344,9 @@ def _long_backward_kernel(
         _store_rows(grad_q_ptr, grad_q * scale, start, first, length, head, HEADS, DIM, BLOCK)
 
 
-def _tiles() -> list[tuple[int, int, int]]:
-    """(lowest length excluded, tile, warps) per launch."""
-    lows = (0, *TILES[:-1])
-    warps = [8 if tile == MAX_TILE else 4 for tile in TILES]
-    return list(zip(lows, TILES, warps, strict=True))
+def _tiles() -> list[tuple[int, int]]:
+    """(lowest length excluded, tile) per launch."""
+    return list(zip((0, *TILES[:-1]), TILES, strict=True))
 
 
 def _rows(tensor: Tensor) -> Tensor:
@@ -343,9 +370,9 @@ def short_attention_forward(
     texts = cu_seqlens.shape[0] - 1
     arguments = (query, key, value, out, lse, cu_seqlens)
     strides = (query.stride(0), key.stride(0), value.stride(0), dim**-0.5)
-    for low, tile, warps in _tiles():
+    for low, tile in _tiles():
         _forward_kernel[(texts, heads)](
-            *arguments, *strides, HEADS=heads, DIM=dim, LOW=low, TILE=tile, num_warps=warps
+            *arguments, *strides, HEADS=heads, DIM=dim, LOW=low, TILE=tile
         )
     if max_length > MAX_TILE:
         _long_forward_kernel[(texts, heads, triton.cdiv(max_length, LONG_BLOCK))](
@@ -385,9 +412,9 @@ def short_attention_backward(
     texts = cu_seqlens.shape[0] - 1
     arguments = (query, key, value, out, grad_out, lse, *grads, cu_seqlens)
     strides = (query.stride(0), key.stride(0), value.stride(0), grad_out.stride(0), dim**-0.5)
-    for low, tile, warps in _tiles():
+    for low, tile in _tiles():
         _backward_kernel[(texts, heads)](
-            *arguments, *strides, HEADS=heads, DIM=dim, LOW=low, TILE=tile, num_warps=warps
+            *arguments, *strides, HEADS=heads, DIM=dim, LOW=low, TILE=tile
         )
     if max_length > MAX_TILE:
         _long_backward_kernel[(texts, heads, triton.cdiv(max_length, LONG_BLOCK))](
