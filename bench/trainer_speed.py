@@ -33,9 +33,10 @@ state, and the warm-up must outlast them.
 query, key and value projections of before 2026-12-04, and `--float32-residual` and
 `--torch-dropout` its float32 residual stream and PyTorch's hidden dropout (the trainer's
 until the third session of 2026-12-04), to compare on the same machine;
-`--candidate NAME` puts in a change of `bench/candidates.py` that is not yet in the trainer.
-With `--profile DIR` it times nothing and instead profiles `--steps` steps after the warm-up
-(see `profile_ours`).
+`--candidate NAME` puts in a change of `bench/candidates.py` that is not yet in the trainer,
+and `--inductor NAME=VALUE` an Inductor setting. With `--profile DIR` it times nothing and
+instead profiles `--steps` steps after the warm-up (see `profile_ours`; `--profile-gpu-only`
+leaves the host's operations out).
 
     python bench/trainer_speed.py --data debian-train.jsonl.gz \\
         --model minilm=path/to/all-MiniLM-L6-v2 --model bert-base=random
@@ -197,6 +198,20 @@ def torch_dropout(module: torch.nn.Module, states: torch.Tensor) -> torch.Tensor
     """The packed path's hidden dropout before its keep-bit kernel (`--torch-dropout`):
     PyTorch's."""
     return module(states)
+
+
+def set_inductor_config(settings: list[str]) -> None:
+    """Set `torch._inductor.config` entries from NAME=VALUE strings (VALUE a Python literal);
+    an unknown name is an error, not a silent no-op."""
+    import ast
+
+    from torch._inductor import config
+
+    for setting in settings:
+        name, _, value = setting.partition("=")
+        if name not in config._config:  # type: ignore[attr-defined]
+            raise SystemExit(f"--inductor {setting}: torch._inductor.config has no {name!r}")
+        config.__setattr__(name, ast.literal_eval(value))
 
 
 class _GraphWork:
@@ -552,6 +567,14 @@ def main() -> None:
         help="put this candidate change of bench/candidates.py into our trainer (repeatable)",
     )
     parser.add_argument(
+        "--inductor",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a torch._inductor.config entry (a Python literal) before compiling, e.g. "
+        "triton.enable_pdl=True (repeatable)",
+    )
+    parser.add_argument(
         "--windows",
         action="store_true",
         help="print every process's logging windows: step, samples/s, CUDA graphs recorded "
@@ -587,6 +610,7 @@ def main() -> None:
         model_module._hidden_dropout = torch_dropout
     if args.cuda_graphs or (args.cuda_graphs is None and process.world_size > 1):
         _GraphWork.install()
+    set_inductor_config(args.inductor)
     scratch = Path(tempfile.mkdtemp(prefix="bench-"))
     spec = DataSpec.model_validate({"train": [str(args.data)], "format": "pairs"})
     examples = read_examples(Storage(), spec.train, spec, scratch / "data")

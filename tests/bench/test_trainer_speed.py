@@ -1,8 +1,11 @@
-"""The benchmark's reading of a profiler trace: where the GPU waits."""
+"""The benchmark's reading of a profiler trace (where the GPU waits) and its Inductor
+settings."""
 
 from __future__ import annotations
 
-from trainer_speed import idle_sites
+import pytest
+from torch._inductor import config
+from trainer_speed import idle_sites, set_inductor_config
 
 
 def _event(name: str, start: float, duration: float) -> dict[str, object]:
@@ -23,3 +26,11 @@ def test_idle_sites_sum_the_gaps_between_the_named_neighbours_per_step() -> None
     sites = idle_sites(work, steps=2)
     assert sites[0] == (7.9 / 2, 0.5, "optimizer -> forward")  # one gap of 7.9 ms in two steps
     assert sites[1:] == [(0.3, 1.0, "forward -> loss"), (0.1, 1.0, "loss -> optimizer")]
+
+
+def test_inductor_settings_are_set_and_an_unknown_name_is_refused() -> None:
+    with config.patch({}):  # restores what the test sets
+        set_inductor_config(["triton.enable_pdl=True", "combo_kernels=True"])
+        assert config.triton.enable_pdl is True and config.combo_kernels is True
+    with pytest.raises(SystemExit, match=r"has no 'triton\.no_such_setting'"):
+        set_inductor_config(["triton.no_such_setting=1"])
