@@ -12,7 +12,8 @@ variant with candidates). `tests/bench/test_candidates.py` checks on CPU what ea
   quality.
 - `short-attention`: the packed attention through `bench/short_attention.py`, one Triton
   program per text and head with the text's whole attention in one tile (texts of at most
-  128 tokens; longer ones in blocks).
+  128 tokens; longer ones in blocks), on the stacked query, key and value projection where
+  there is one.
 
 The bf16 residual stream and the keep-bit dropout (`kubetune_trainer.dropout`) were
 candidates here; measured faster at the same quality, they are the trainer's own.
@@ -49,7 +50,7 @@ def _no_hidden_dropout(encoder: nn.Module) -> None:
 
 
 def _short_attention(encoder: nn.Module) -> None:
-    model_module._attend = short_attention.short_attention
+    model_module._self_attention = short_attention.self_attention
 
 
 CANDIDATES: dict[str, Callable[[nn.Module], None]] = {

@@ -10,6 +10,13 @@ pass. Texts are grouped by the tile that fits them (16, 32, 64 or 128 rows): one
 tile size over every (text, head), in which the texts of other sizes return at once, so the
 grid needs no count from the device.
 
+Where the query, key and value come from one stacked projection (full fine-tuning:
+`kubetune_trainer.model._stacked_qkv`), the kernels take it as it is and the backward writes
+the three gradients into one tensor of its shape. With separate gradients, as the
+memory-efficient kernel returns them, a copy puts them together: in the profile of the
+trainer's BERT-base step that copy (`triton_poi_fused_add_select_backward_squeeze`) took
+0.62 ms a step.
+
 Texts longer than `MAX_TILE` tokens (at the defaults, training truncates at the model's 256)
 go through blocks of `LONG_BLOCK` rows with a running softmax, and a backward in which each
 program writes the key and value gradients of its block and then its query gradient, so
@@ -75,20 +82,11 @@ def _load_rows(ptr, stride, start, first, length, head, DIM: tl.constexpr, TILE:
 
 @triton.jit
 def _store_rows(
-    ptr,
-    values,
-    start,
-    first,
-    length,
-    head,
-    HEADS: tl.constexpr,
-    DIM: tl.constexpr,
-    TILE: tl.constexpr,
+    ptr, stride, values, start, first, length, head, DIM: tl.constexpr, TILE: tl.constexpr
 ):
-    """Store one head's rows `first` to `first + TILE` of a text into a contiguous
-    [T, HEADS, DIM] tensor."""
+    """Store one head's rows `first` to `first + TILE` of a text (`_load_rows`' layout)."""
     rows = first + tl.arange(0, TILE)
-    offsets = (start + rows)[:, None] * (HEADS * DIM) + head * DIM + tl.arange(0, DIM)[None, :]
+    offsets = (start + rows)[:, None] * stride + head * DIM + tl.arange(0, DIM)[None, :]
     tl.store(ptr + offsets, values.to(ptr.dtype.element_ty), mask=(rows < length)[:, None])
 
 
@@ -126,7 +124,7 @@ def _forward_kernel(
         weights = tl.exp(scores - peak[:, None])
         total = tl.sum(weights, 1)
         out = tl.dot(weights.to(v.dtype), v) / total[:, None]
-        _store_rows(out_ptr, out, start, 0, length, head, HEADS, DIM, TILE)
+        _store_rows(out_ptr, HEADS * DIM, out, start, 0, length, head, DIM, TILE)
         tl.store(lse_ptr + (start + rows) * HEADS + head, peak + tl.log(total), mask=valid)
 
 
@@ -147,6 +145,7 @@ def _backward_kernel(
     k_stride,
     v_stride,
     grad_out_stride,
+    grad_stride,
     scale,
     HEADS: tl.constexpr,
     DIM: tl.constexpr,
@@ -176,9 +175,9 @@ def _backward_kernel(
         grad_scores = (weights * (grad_weights - delta[:, None])).to(q.dtype)
         grad_q = tl.dot(grad_scores, k) * scale
         grad_k = tl.dot(tl.trans(grad_scores), q) * scale
-        _store_rows(grad_q_ptr, grad_q, start, 0, length, head, HEADS, DIM, TILE)
-        _store_rows(grad_k_ptr, grad_k, start, 0, length, head, HEADS, DIM, TILE)
-        _store_rows(grad_v_ptr, grad_v, start, 0, length, head, HEADS, DIM, TILE)
+        _store_rows(grad_q_ptr, grad_stride, grad_q, start, 0, length, head, DIM, TILE)
+        _store_rows(grad_k_ptr, grad_stride, grad_k, start, 0, length, head, DIM, TILE)
+        _store_rows(grad_v_ptr, grad_stride, grad_v, start, 0, length, head, DIM, TILE)
 
 
 @triton.jit
@@ -222,7 +221,9 @@ def _long_forward_kernel(
             total = total * rescale + tl.sum(weights, 1)
             acc = acc * rescale[:, None] + tl.dot(weights.to(v.dtype), v)
             peak = new_peak
-        _store_rows(out_ptr, acc / total[:, None], start, first, length, head, HEADS, DIM, BLOCK)
+        _store_rows(
+            out_ptr, HEADS * DIM, acc / total[:, None], start, first, length, head, DIM, BLOCK
+        )
         rows = first + tl.arange(0, BLOCK)
         tl.store(lse_ptr + (start + rows) * HEADS + head, peak + tl.log(total), mask=rows < length)
 
@@ -278,6 +279,7 @@ def _long_backward_kernel(
     k_stride,
     v_stride,
     grad_out_stride,
+    grad_stride,
     scale,
     HEADS: tl.constexpr,
     DIM: tl.constexpr,
@@ -317,8 +319,8 @@ def _long_backward_kernel(
             grad_v += tl.dot(tl.trans(weights.to(v.dtype)), grad_out)
             grad_scores = weights * (tl.dot(grad_out, tl.trans(v)) - delta[:, None])
             grad_k += tl.dot(tl.trans(grad_scores.to(q.dtype)), q)
-        _store_rows(grad_k_ptr, grad_k * scale, start, first, length, head, HEADS, DIM, BLOCK)
-        _store_rows(grad_v_ptr, grad_v, start, first, length, head, HEADS, DIM, BLOCK)
+        _store_rows(grad_k_ptr, grad_stride, grad_k * scale, start, first, length, head, DIM, BLOCK)
+        _store_rows(grad_v_ptr, grad_stride, grad_v, start, first, length, head, DIM, BLOCK)
         q, grad_out, lse, delta = _long_rows_for_backward(
             q_ptr,
             out_ptr,
@@ -341,7 +343,7 @@ def _long_backward_kernel(
             weights = _long_weights(q, k, lse, scale, first, key_first, length, BLOCK)
             grad_scores = weights * (tl.dot(grad_out, tl.trans(v)) - delta[:, None])
             grad_q += tl.dot(grad_scores.to(q.dtype), k)
-        _store_rows(grad_q_ptr, grad_q * scale, start, first, length, head, HEADS, DIM, BLOCK)
+        _store_rows(grad_q_ptr, grad_stride, grad_q * scale, start, first, length, head, DIM, BLOCK)
 
 
 def _tiles() -> list[tuple[int, int]]:
@@ -357,12 +359,14 @@ def _rows(tensor: Tensor) -> Tensor:
     return tensor.contiguous().view(-1, heads, dim)
 
 
-@torch.library.custom_op("kubetune_bench::short_attention", mutates_args=())
-def short_attention_forward(
+def _runs(tensor: Tensor) -> bool:
+    """Whether the kernels run on `tensor`: half precision on CUDA, or Triton's interpreter."""
+    return (tensor.is_cuda and tensor.dtype in (torch.bfloat16, torch.float16)) or _INTERPRETED
+
+
+def _launch_forward(
     query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor, max_length: int
 ) -> tuple[Tensor, Tensor]:
-    """Attention within each text of packed `query`, `key`, `value` [T, H, D], texts of at
-    most `max_length` tokens: the output [T, H, D] and each row's log-sum-exp [T, H]."""
     query, key, value = _rows(query), _rows(key), _rows(value)
     tokens, heads, dim = query.shape
     out = torch.empty((tokens, heads, dim), dtype=query.dtype, device=query.device)
@@ -381,14 +385,64 @@ def short_attention_forward(
     return out, lse
 
 
+def _launch_backward(
+    inputs: tuple[Tensor, Tensor, Tensor],
+    out: Tensor,
+    grad_out: Tensor,
+    lse: Tensor,
+    cu_seqlens: Tensor,
+    max_length: int,
+    grads: tuple[Tensor, Tensor, Tensor],
+) -> None:
+    """Write the gradients of query, key and value into `grads`: [T, H, D] each, heads and
+    dims contiguous, one row stride for the three."""
+    query, key, value = (_rows(tensor) for tensor in inputs)
+    grad_out = _rows(grad_out)
+    heads, dim = query.shape[1:]
+    texts = cu_seqlens.shape[0] - 1
+    arguments = (query, key, value, out, grad_out, lse, *grads, cu_seqlens)
+    strides = (
+        query.stride(0),
+        key.stride(0),
+        value.stride(0),
+        grad_out.stride(0),
+        grads[0].stride(0),
+        dim**-0.5,
+    )
+    for low, tile in _tiles():
+        _backward_kernel[(texts, heads)](
+            *arguments, *strides, HEADS=heads, DIM=dim, LOW=low, TILE=tile
+        )
+    if max_length > MAX_TILE:
+        _long_backward_kernel[(texts, heads, triton.cdiv(max_length, LONG_BLOCK))](
+            *arguments, *strides, HEADS=heads, DIM=dim, LOW=MAX_TILE, BLOCK=LONG_BLOCK
+        )
+
+
+def _unstack(stacked: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return stacked[:, 0], stacked[:, 1], stacked[:, 2]
+
+
+def _attention_shapes(tokens: int, heads: int, dim: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    return like.new_empty((tokens, heads, dim)), like.new_empty(
+        (tokens, heads), dtype=torch.float32
+    )
+
+
+@torch.library.custom_op("kubetune_bench::short_attention", mutates_args=())
+def short_attention_forward(
+    query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor, max_length: int
+) -> tuple[Tensor, Tensor]:
+    """Attention within each text of packed `query`, `key`, `value` [T, H, D], texts of at
+    most `max_length` tokens: the output [T, H, D] and each row's log-sum-exp [T, H]."""
+    return _launch_forward(query, key, value, cu_seqlens, max_length)
+
+
 @short_attention_forward.register_fake
 def _forward_shape(
     query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor, max_length: int
 ) -> tuple[Tensor, Tensor]:
-    tokens, heads, dim = query.shape
-    return query.new_empty((tokens, heads, dim)), query.new_empty(
-        (tokens, heads), dtype=torch.float32
-    )
+    return _attention_shapes(*query.shape, like=query)
 
 
 @torch.library.custom_op("kubetune_bench::short_attention_backward", mutates_args=())
@@ -403,24 +457,13 @@ def short_attention_backward(
     max_length: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The gradients of `short_attention_forward` with respect to query, key and value."""
-    query, key, value, grad_out = _rows(query), _rows(key), _rows(value), _rows(grad_out)
-    tokens, heads, dim = query.shape
-    grads = [
-        torch.empty((tokens, heads, dim), dtype=t.dtype, device=t.device)
-        for t in (query, key, value)
-    ]
-    texts = cu_seqlens.shape[0] - 1
-    arguments = (query, key, value, out, grad_out, lse, *grads, cu_seqlens)
-    strides = (query.stride(0), key.stride(0), value.stride(0), grad_out.stride(0), dim**-0.5)
-    for low, tile in _tiles():
-        _backward_kernel[(texts, heads)](
-            *arguments, *strides, HEADS=heads, DIM=dim, LOW=low, TILE=tile
-        )
-    if max_length > MAX_TILE:
-        _long_backward_kernel[(texts, heads, triton.cdiv(max_length, LONG_BLOCK))](
-            *arguments, *strides, HEADS=heads, DIM=dim, LOW=MAX_TILE, BLOCK=LONG_BLOCK
-        )
-    return grads[0], grads[1], grads[2]
+    grads = (
+        torch.empty(query.shape, dtype=query.dtype, device=query.device),
+        torch.empty(key.shape, dtype=key.dtype, device=key.device),
+        torch.empty(value.shape, dtype=value.dtype, device=value.device),
+    )
+    _launch_backward((query, key, value), out, grad_out, lse, cu_seqlens, max_length, grads)
+    return grads
 
 
 @short_attention_backward.register_fake
@@ -462,6 +505,74 @@ def _backward(ctx: object, grad_out: Tensor, _grad_lse: Tensor) -> tuple[Tensor 
 short_attention_forward.register_autograd(_backward, setup_context=_save)
 
 
+@torch.library.custom_op("kubetune_bench::short_attention_stacked", mutates_args=())
+def short_attention_stacked(
+    stacked: Tensor, cu_seqlens: Tensor, max_length: int
+) -> tuple[Tensor, Tensor]:
+    """`short_attention_forward` of the query, key and value stacked in one [T, 3, H, D]
+    tensor (as `kubetune_trainer.model._stacked_qkv` projects them)."""
+    return _launch_forward(*_unstack(stacked), cu_seqlens, max_length)
+
+
+@short_attention_stacked.register_fake
+def _stacked_shape(stacked: Tensor, cu_seqlens: Tensor, max_length: int) -> tuple[Tensor, Tensor]:
+    tokens, _, heads, dim = stacked.shape
+    return _attention_shapes(tokens, heads, dim, like=stacked)
+
+
+@torch.library.custom_op("kubetune_bench::short_attention_stacked_backward", mutates_args=())
+def short_attention_stacked_backward(
+    stacked: Tensor,
+    out: Tensor,
+    grad_out: Tensor,
+    lse: Tensor,
+    cu_seqlens: Tensor,
+    max_length: int,
+) -> Tensor:
+    """The gradient of `short_attention_stacked` with respect to the stacked input, written
+    by the kernels in place: the three gradients need no copy into one tensor."""
+    grad = torch.empty(stacked.shape, dtype=stacked.dtype, device=stacked.device)
+    _launch_backward(_unstack(stacked), out, grad_out, lse, cu_seqlens, max_length, _unstack(grad))
+    return grad
+
+
+@short_attention_stacked_backward.register_fake
+def _stacked_backward_shape(
+    stacked: Tensor,
+    out: Tensor,
+    grad_out: Tensor,
+    lse: Tensor,
+    cu_seqlens: Tensor,
+    max_length: int,
+) -> Tensor:
+    return torch.empty(stacked.shape, dtype=stacked.dtype, device=stacked.device)
+
+
+def _save_stacked(ctx: object, inputs: tuple[Tensor, ...], output: tuple[Tensor, Tensor]) -> None:
+    stacked, cu_seqlens, max_length = inputs
+    out, lse = output
+    ctx.save_for_backward(stacked, out, lse, cu_seqlens)  # type: ignore[attr-defined]
+    ctx.max_length = max_length  # type: ignore[attr-defined]
+
+
+def _stacked_backward(
+    ctx: object, grad_out: Tensor, _grad_lse: Tensor
+) -> tuple[Tensor | None, ...]:
+    stacked, out, lse, cu_seqlens = ctx.saved_tensors  # type: ignore[attr-defined]
+    grad = short_attention_stacked_backward(
+        stacked,
+        out,
+        grad_out,
+        lse,
+        cu_seqlens,
+        ctx.max_length,  # type: ignore[attr-defined]
+    )
+    return grad, None, None
+
+
+short_attention_stacked.register_autograd(_stacked_backward, setup_context=_save_stacked)
+
+
 def short_attention(
     query: Tensor,
     key: Tensor,
@@ -471,14 +582,37 @@ def short_attention(
     cu_seqlens: Tensor,
     max_length: int,
 ) -> Tensor:
-    """`kubetune_trainer.model._attend` through `short_attention_forward` where Triton runs
-    (half-precision inputs on CUDA, or Triton's interpreter)."""
-    runs = (query.is_cuda and query.dtype in (torch.bfloat16, torch.float16)) or _INTERPRETED
-    if not runs:
+    """`kubetune_trainer.model._attend` through `short_attention_forward` where the kernels
+    run (`_runs`)."""
+    if not _runs(query):
         return TRAINER_ATTEND(
             query, key, value, sequence_index, position_ids, cu_seqlens, max_length
         )
     return short_attention_forward(query, key, value, cu_seqlens, max_length)[0]
+
+
+def self_attention(
+    attention: torch.nn.Module,
+    states: Tensor,
+    sequence_index: Tensor,
+    position_ids: Tensor,
+    cu_seqlens: Tensor,
+    max_length: int,
+) -> Tensor:
+    """`kubetune_trainer.model._self_attention` with the attention through this module's
+    kernels: on the stacked projection where there is one (`short_attention_stacked`), else
+    on the separate ones (LoRA-wrapped projections; `short_attention`)."""
+    stacked = model_module._stacked_qkv(attention, states)
+    if stacked is None:
+        query, key, value = model_module._project_qkv(attention, states)
+        return short_attention(
+            query, key, value, sequence_index, position_ids, cu_seqlens, max_length
+        )
+    if not _runs(stacked):
+        return TRAINER_ATTEND(
+            *_unstack(stacked), sequence_index, position_ids, cu_seqlens, max_length
+        )
+    return short_attention_stacked(stacked, cu_seqlens, max_length)[0]
 
 
 TRAINER_ATTEND = model_module._attend

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from itertools import pairwise
+from types import SimpleNamespace
 
 import candidates
 import numpy as np
@@ -11,7 +12,9 @@ import short_attention
 import torch
 import torch.nn.functional as F
 
+from kubetune.contract import LoraSpec
 from kubetune_trainer import model as model_module
+from kubetune_trainer.model import apply_lora
 from kubetune_trainer.step import embed
 from tests.trainer.tiny_bert import packed_texts, tiny_encoder
 
@@ -41,17 +44,22 @@ def test_no_hidden_dropout_turns_off_the_hidden_dropouts_only() -> None:
         ([129, 5, 200, 64, 256], 256),
     ],
 )
+@pytest.mark.parametrize("stacked_op", [False, True], ids=["separate", "stacked"])
 def test_short_attention_computes_each_texts_attention_and_its_gradients(
-    lengths: list[int], max_length: int
+    lengths: list[int], max_length: int, stacked_op: bool
 ) -> None:
     """Texts of every tile size (16 to 128 rows, lengths on both sides of each boundary) and
     longer, in float32 under Triton's interpreter, against SDPA text by text; the inputs are
-    views of one stacked projection, as the trainer passes them."""
+    views of one stacked projection, as the trainer passes them, or that projection itself
+    (whose gradient the kernels then write in place)."""
     cu_seqlens = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32)
     torch.manual_seed(0)
     stacked = torch.randn(int(cu_seqlens[-1]), 3, 2, 16, requires_grad=True)
     query, key, value = stacked[:, 0], stacked[:, 1], stacked[:, 2]
-    out = short_attention.short_attention_forward(query, key, value, cu_seqlens, max_length)[0]
+    if stacked_op:
+        out = short_attention.short_attention_stacked(stacked, cu_seqlens, max_length)[0]
+    else:
+        out = short_attention.short_attention_forward(query, key, value, cu_seqlens, max_length)[0]
     grad_out = torch.randn_like(out)
     (out * grad_out).sum().backward()
     grads = stacked.grad.clone()
@@ -69,11 +77,20 @@ def test_short_attention_computes_each_texts_attention_and_its_gradients(
     torch.testing.assert_close(grads, stacked.grad, atol=1e-5, rtol=1e-4)
 
 
-def test_short_attention_in_the_packed_forward() -> None:
+@pytest.mark.parametrize("lora", [False, True], ids=["stacked-projection", "lora"])
+def test_short_attention_in_the_packed_forward(lora: bool) -> None:
     """As the candidate, it gives the packed forward's embeddings and gradients, compiled with
-    dynamic shapes (the kernels as opaque operators)."""
+    dynamic shapes (the kernels as opaque operators): on the stacked projection, and on the
+    separate ones of LoRA-wrapped projections."""
     texts = packed_texts()
     encoder = tiny_encoder()
+    if lora:
+        holder = SimpleNamespace(encoder=encoder)  # all that apply_lora uses of a model
+        apply_lora(holder, LoraSpec(target_modules=["query", "value"]))  # type: ignore[arg-type]
+        with torch.no_grad():  # non-zero adapters, so that their part shows
+            for name, parameter in encoder.named_parameters():
+                if "lora_B" in name:
+                    parameter.normal_()
     encoder.eval()
 
     def embeddings_and_grads(forward: object, max_length: int) -> list[torch.Tensor]:
@@ -85,9 +102,9 @@ def test_short_attention_in_the_packed_forward() -> None:
 
     expected = embeddings_and_grads(encoder, 64)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(model_module, "_attend", model_module._attend)
+        patch.setattr(model_module, "_self_attention", model_module._self_attention)
         candidates.apply(encoder, ["short-attention"])
-        assert model_module._attend is short_attention.short_attention
+        assert model_module._self_attention is short_attention.self_attention
         compiled = torch.compile(encoder, backend="aot_eager", dynamic=True)
         for got, want in zip(embeddings_and_grads(compiled, 64), expected, strict=True):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

@@ -245,6 +245,7 @@ def test_qkv_projections_run_stacked_with_the_same_values_and_gradients(
             if "lora_B" in name:
                 parameter.normal_()
     attention.eval()
+    assert model_module._stacked_qkv(attention, states) is None
     with torch.no_grad():
         adapted = model_module._project_qkv(attention, states)
         wrapped = (attention.query, attention.key, attention.value)

@@ -216,25 +216,48 @@ def _attend(
     return out.transpose(1, 2).reshape(texts * max_length, heads, head_dim).index_select(0, slots)
 
 
-def _project_qkv(attention: nn.Module, states: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """A BERT self-attention's query, key and value of packed token states [N, H]:
-    [N, heads, head_dim] each.
+def _stacked_qkv(attention: nn.Module, states: Tensor) -> Tensor | None:
+    """A BERT self-attention's query, key and value of packed token states [N, H] as one
+    [N, 3, heads, head_dim] tensor from one matrix product over the three stacked weights,
+    where the projections are plain linear layers; None where peft wrapped them in LoRA
+    layers (so the adapters take part, they run as they are: `_project_qkv`).
 
-    Plain linear projections run as one matrix product over the three stacked weights: one
-    product instead of three in the forward, and one for the input gradient instead of three
-    products and their sum in the backward. Projections that peft wrapped in LoRA layers run
-    as they are, so the adapters take part.
+    One product instead of three in the forward, and one for the input gradient instead of
+    three products and their sum in the backward.
     """
-    tokens = states.shape[0]
-    shape = (tokens, attention.num_attention_heads, attention.attention_head_size)
     projections = (attention.query, attention.key, attention.value)
     if not all(type(linear) is nn.Linear and linear.bias is not None for linear in projections):
-        query, key, value = (linear(states).view(shape) for linear in projections)
-        return query, key, value
+        return None
     weight = torch.cat([linear.weight for linear in projections])
     bias = torch.cat([linear.bias for linear in projections])
-    stacked = F.linear(states, weight, bias).view(tokens, 3, *shape[1:])
-    return stacked[:, 0], stacked[:, 1], stacked[:, 2]
+    shape = (states.shape[0], 3, attention.num_attention_heads, attention.attention_head_size)
+    return F.linear(states, weight, bias).view(shape)
+
+
+def _project_qkv(attention: nn.Module, states: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """A BERT self-attention's query, key and value of packed token states [N, H]:
+    [N, heads, head_dim] each, from one stacked product where it can (`_stacked_qkv`)."""
+    stacked = _stacked_qkv(attention, states)
+    if stacked is not None:
+        return stacked[:, 0], stacked[:, 1], stacked[:, 2]
+    shape = (states.shape[0], attention.num_attention_heads, attention.attention_head_size)
+    query, key, value = (
+        linear(states).view(shape) for linear in (attention.query, attention.key, attention.value)
+    )
+    return query, key, value
+
+
+def _self_attention(
+    attention: nn.Module,
+    states: Tensor,
+    sequence_index: Tensor,
+    position_ids: Tensor,
+    cu_seqlens: Tensor,
+    max_length: int,
+) -> Tensor:
+    """A BERT self-attention's context [N, heads, head_dim] for packed token states [N, H]."""
+    query, key, value = _project_qkv(attention, states)
+    return _attend(query, key, value, sequence_index, position_ids, cu_seqlens, max_length)
 
 
 def _packed_bert_states(
@@ -303,12 +326,8 @@ def _packed_bert_layers(
 ) -> Tensor:
     tokens = states.shape[0]
     for layer in layers:
-        context = _attend(
-            *_project_qkv(layer.attention.self, states),
-            sequence_index,
-            position_ids,
-            cu_seqlens,
-            max_length,
+        context = _self_attention(
+            layer.attention.self, states, sequence_index, position_ids, cu_seqlens, max_length
         )
         states = _residual_block(layer.attention.output, context.reshape(tokens, -1), states)
         states = _residual_block(layer.output, layer.intermediate(states), states)
