@@ -14,6 +14,8 @@ variant with candidates). `tests/bench/test_candidates.py` checks on CPU what ea
   program per text and head with the text's whole attention in one tile (texts of at most
   128 tokens; longer ones in blocks), on the stacked query, key and value projection where
   there is one.
+- `inline-dropout`: the keep-bit dropout's kernel as a Triton operator that Inductor launches
+  from its compiled code (`bench/inline_dropout.py`), instead of an opaque custom operator.
 
 The bf16 residual stream and the keep-bit dropout (`kubetune_trainer.dropout`) were
 candidates here; measured faster at the same quality, they are the trainer's own.
@@ -26,9 +28,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable
 
+import inline_dropout
 import short_attention
 from torch import nn
 
+from kubetune_trainer import dropout as dropout_module
 from kubetune_trainer import model as model_module
 
 
@@ -53,9 +57,14 @@ def _short_attention(encoder: nn.Module) -> None:
     model_module._self_attention = short_attention.self_attention
 
 
+def _inline_dropout(encoder: nn.Module) -> None:
+    dropout_module.keep_bits = inline_dropout.keep_bits
+
+
 CANDIDATES: dict[str, Callable[[nn.Module], None]] = {
     "no-hidden-dropout": _no_hidden_dropout,
     "short-attention": _short_attention,
+    "inline-dropout": _inline_dropout,
 }
 
 

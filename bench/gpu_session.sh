@@ -147,19 +147,19 @@ print(torch.__version__, transformers.__version__, st.__version__, torch.cuda.de
                 grep -A3 "^model "
         done
         ;;
-    candidates)  # BERT-base with the trainer as it is, with what it had before
-        # (--float32-residual --torch-dropout), and with each change of bench/candidates.py;
-        # then MiniLM. Each run is cut off after 240 s; CANDIDATE_RUNS
-        # ("model:flags;model:flags", flags of bench/trainer_speed.py) replaces the list.
-        runs=("bert-base:" "bert-base:--float32-residual --torch-dropout"
-            "bert-base:--candidate no-hidden-dropout" "minilm:")
+    candidates)  # BERT-base with the trainer as it is, with the short-attention candidate
+        # and with what it had before (--float32-residual --torch-dropout); then MiniLM. Each run is cut off after CANDIDATE_TIMEOUT seconds (default 240);
+        # CANDIDATE_RUNS ("model:flags;model:flags", flags of bench/trainer_speed.py)
+        # replaces the list.
+        runs=("bert-base:" "bert-base:--candidate short-attention"
+            "bert-base:--float32-residual --torch-dropout" "minilm:")
         [[ -n ${CANDIDATE_RUNS:-} ]] && IFS=';' read -ra runs <<<"$CANDIDATE_RUNS"
         for run in "${runs[@]}"; do
             echo "--- ${run%%:*}: ${run#*:} ($(date -u +%T))" | tee -a "$out/candidates.log"
             # shellcheck disable=SC2086
-            timeout 240 python3 bench/trainer_speed.py --data $data "${models[@]}" --skip-st \
-                --measure "${run%%:*}" ${run#*:} 2>&1 | tee -a "$out/candidates.log" |
-                grep -A2 "^model \|Error\|error:"
+            timeout "${CANDIDATE_TIMEOUT:-240}" python3 bench/trainer_speed.py --data $data \
+                "${models[@]}" --skip-st --measure "${run%%:*}" ${run#*:} 2>&1 |
+                tee -a "$out/candidates.log" | grep -A2 "^model \|Error\|error:"
         done
         ;;
     search-random | search-tpe | search-tpe-prune)

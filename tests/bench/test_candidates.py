@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from itertools import pairwise
 from types import SimpleNamespace
 
 import candidates
+import inline_dropout
 import numpy as np
 import pytest
 import short_attention
@@ -13,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from kubetune.contract import LoraSpec
+from kubetune_trainer import dropout as dropout_module
 from kubetune_trainer import model as model_module
 from kubetune_trainer.model import apply_lora
 from kubetune_trainer.step import embed
@@ -108,3 +113,50 @@ def test_short_attention_in_the_packed_forward(lora: bool) -> None:
         compiled = torch.compile(encoder, backend="aot_eager", dynamic=True)
         for got, want in zip(embeddings_and_grads(compiled, 64), expected, strict=True):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_inline_dropout_draws_the_trainers_bits_and_is_the_dropouts_kernel() -> None:
+    seed = torch.tensor([11])
+    expected = dropout_module.keep_bits(seed, 8 * 500 + 5, 6554)
+    assert torch.equal(inline_dropout.keep_bits(seed, 8 * 500 + 5, 6554), expected)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dropout_module, "keep_bits", dropout_module.keep_bits)
+        candidates.apply(tiny_encoder(), ["inline-dropout"])
+        assert dropout_module.keep_bits is inline_dropout.keep_bits
+
+
+_TRACE_INLINE_DROPOUT = """
+import torch
+from torch._functorch.aot_autograd import aot_module_simplified
+import candidates
+from kubetune_trainer import dropout
+
+candidates.CANDIDATES["inline-dropout"](None)
+seen = []
+
+def backend(graph, inputs):
+    def forward(traced, _):
+        seen.append(traced.code)
+        raise SystemExit(0 if "triton_kernel_wrapper" in traced.code else 1)
+    return aot_module_simplified(graph, inputs, fw_compiler=forward)
+
+torch.compile(dropout.bit_dropout, backend=backend, dynamic=True)(
+    torch.randn(50, 8, requires_grad=True), 0.1
+)
+"""
+
+
+def test_inline_dropout_traces_to_inductors_triton_kernel_node() -> None:
+    """Without Triton's interpreter (which cannot trace it), `torch.compile` turns the
+    operator into the node from which Inductor launches a user's Triton kernel itself."""
+    environment = os.environ | {"TRITON_INTERPRET": "0"}
+    environment["PYTHONPATH"] = os.pathsep.join(sys.path)
+    traced = subprocess.run(
+        [sys.executable, "-c", _TRACE_INLINE_DROPOUT],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert traced.returncode == 0, traced.stderr[-3000:]
