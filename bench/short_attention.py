@@ -537,14 +537,7 @@ def short_attention_stacked_backward(
 
 
 @short_attention_stacked_backward.register_fake
-def _stacked_backward_shape(
-    stacked: Tensor,
-    out: Tensor,
-    grad_out: Tensor,
-    lse: Tensor,
-    cu_seqlens: Tensor,
-    max_length: int,
-) -> Tensor:
+def _stacked_backward_shape(stacked: Tensor, *_: object) -> Tensor:
     return torch.empty(stacked.shape, dtype=stacked.dtype, device=stacked.device)
 
 
