@@ -14,6 +14,8 @@ variant with candidates). `tests/bench/test_candidates.py` checks on CPU what ea
   program per text and head with the text's whole attention in one tile (texts of at most
   128 tokens; longer ones in blocks), on the stacked query, key and value projection where
   there is one.
+- `bias-gelu`: the feed-forward's bias and GELU in one autograd function whose backward also
+  sums the bias gradient, in one Triton kernel (`bench/bias_gelu.py`).
 - `inline-dropout`: the keep-bit dropout's kernel as a Triton operator that Inductor launches
   from its compiled code (`bench/inline_dropout.py`), instead of an opaque custom operator.
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable
 
+import bias_gelu
 import inline_dropout
 import short_attention
 from torch import nn
@@ -36,12 +39,17 @@ from kubetune_trainer import dropout as dropout_module
 from kubetune_trainer import model as model_module
 
 
-def _hidden_blocks(encoder: nn.Module) -> list[nn.Module]:
-    """The modules of a BERT encoder that hold its hidden dropouts and LayerNorms: the
-    embeddings, and each layer's attention output and output."""
+def _bert(encoder: nn.Module) -> nn.Module:
     bert = model_module._bert(encoder.transformer)
     if bert is None:
         raise ValueError("the candidates apply to BERT models only")
+    return bert
+
+
+def _hidden_blocks(encoder: nn.Module) -> list[nn.Module]:
+    """The modules of a BERT encoder that hold its hidden dropouts and LayerNorms: the
+    embeddings, and each layer's attention output and output."""
+    bert = _bert(encoder)
     blocks = [bert.embeddings]
     for layer in bert.encoder.layer:
         blocks += [layer.attention.output, layer.output]
@@ -57,6 +65,11 @@ def _short_attention(encoder: nn.Module) -> None:
     model_module._self_attention = short_attention.self_attention
 
 
+def _bias_gelu(encoder: nn.Module) -> None:
+    for layer in _bert(encoder).encoder.layer:
+        bias_gelu.install(layer.intermediate)
+
+
 def _inline_dropout(encoder: nn.Module) -> None:
     dropout_module.keep_bits = inline_dropout.keep_bits
 
@@ -65,6 +78,7 @@ CANDIDATES: dict[str, Callable[[nn.Module], None]] = {
     "no-hidden-dropout": _no_hidden_dropout,
     "short-attention": _short_attention,
     "inline-dropout": _inline_dropout,
+    "bias-gelu": _bias_gelu,
 }
 
 

@@ -61,6 +61,8 @@ VARIANTS = {
     # the defaults with candidate changes that are not in the trainer
     "no-hidden-dropout": Variant({}, False, ("no-hidden-dropout",)),
     "short-attention": Variant({}, False, ("short-attention",)),
+    "bias-gelu": Variant({}, False, ("bias-gelu",)),
+    "combined": Variant({}, False, ("short-attention", "inline-dropout", "bias-gelu")),
 }
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from functools import partial
 from itertools import pairwise
 from types import SimpleNamespace
 
+import bias_gelu
 import candidates
 import inline_dropout
 import numpy as np
 import pytest
+import quality_sweep
 import short_attention
 import torch
 import torch.nn.functional as F
@@ -160,3 +163,51 @@ def test_inline_dropout_traces_to_inductors_triton_kernel_node() -> None:
         check=False,
     )
     assert traced.returncode == 0, traced.stderr[-3000:]
+
+
+def test_bias_gelu_gives_gelus_output_and_the_gradients_of_product_and_bias() -> None:
+    """Rows and columns that are no multiple of the kernel's tile, in float32 under Triton's
+    interpreter, against autograd through `F.gelu`."""
+    torch.manual_seed(0)
+    product = torch.randn(130, 200, requires_grad=True)
+    bias = torch.randn(200, requires_grad=True)
+    grad = torch.randn(130, 200)
+    out = bias_gelu.BiasGelu.apply(product, bias)
+    (out * grad).sum().backward()
+    got = (out.detach(), product.grad.clone(), bias.grad.clone())
+    product.grad = bias.grad = None
+    expected = F.gelu(product + bias)
+    (expected * grad).sum().backward()
+    for have, want in zip(got, (expected.detach(), product.grad, bias.grad), strict=True):
+        torch.testing.assert_close(have, want, atol=1e-5, rtol=1e-4)
+
+
+def test_bias_gelu_in_the_packed_forward() -> None:
+    """As the candidate, the packed forward's embeddings and gradients, compiled with dynamic
+    shapes."""
+    texts = packed_texts()
+    encoder = tiny_encoder()
+    encoder.eval()
+
+    def embeddings_and_grads(forward: object) -> list[torch.Tensor]:
+        encoder.zero_grad(set_to_none=True)
+        embeddings = embed(forward, texts, 64)  # type: ignore[arg-type]
+        embeddings.sum().backward()
+        grads = [p.grad.clone() for p in encoder.parameters() if p.grad is not None]
+        return [embeddings.detach(), *grads]
+
+    expected = embeddings_and_grads(encoder)
+    candidates.apply(encoder, ["bias-gelu"])
+    assert all(
+        isinstance(layer.intermediate.forward, partial)
+        for layer in encoder.transformer.encoder.layer
+    )
+    compiled = torch.compile(encoder, backend="aot_eager", dynamic=True)
+    for got, want in zip(embeddings_and_grads(compiled), expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_every_quality_sweep_variant_names_known_candidates() -> None:
+    """A misspelt candidate would fail only on the GPU machine, after its time is spent."""
+    for name, variant in quality_sweep.VARIANTS.items():
+        assert set(variant.candidates) <= set(candidates.CANDIDATES), name
