@@ -220,7 +220,7 @@ def _stacked_qkv(attention: nn.Module, states: Tensor) -> Tensor | None:
     """A BERT self-attention's query, key and value of packed token states [N, H] as one
     [N, 3, heads, head_dim] tensor from one matrix product over the three stacked weights,
     where the projections are plain linear layers; None where peft wrapped them in LoRA
-    layers (so the adapters take part, they run as they are: `_project_qkv`).
+    layers, which then run one by one so that their adapters take part (`_project_qkv`).
 
     One product instead of three in the forward, and one for the input gradient instead of
     three products and their sum in the backward.

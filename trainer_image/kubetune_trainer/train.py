@@ -2,8 +2,8 @@
 
 AdamW (fused on CUDA; no weight decay on biases and norm weights), linear warmup then linear
 decay to zero, autocast in the trial's precision (a loss scaler only for fp16), gradient
-clipping (folded into the fused AdamW step, which saves a pass over the gradients), and
-optionally gradient caching. On CUDA the encoder's packed forward is compiled
+clipping (on CUDA folded into the fused AdamW step, which saves a pass over the gradients),
+and optionally gradient caching. On CUDA the encoder's packed forward is compiled
 (`torch.compile`, one dynamic-shape graph). With `cuda_graphs` it is also replayed as CUDA
 graphs: each batch is padded with dummy texts to one of a few shapes, the same on every
 process (`batching.graph_shape`), and the host issues a whole forward or backward as one
