@@ -96,7 +96,15 @@ def main(argv: list[str]) -> int:
     first argument (comma-separated) in every model it loads."""
     from kubetune_trainer import cli, trial
 
+    if not argv or argv[0].startswith("-"):
+        print("usage: python bench/candidates.py NAME[,NAME...] TRAINER-ARGS...", file=sys.stderr)
+        print(f"candidates: {', '.join(CANDIDATES)}", file=sys.stderr)
+        return 2
     names = [name for name in argv[0].split(",") if name]
+    unknown = sorted(set(names) - set(CANDIDATES))
+    if unknown:
+        print(f"unknown candidates {unknown}; known: {', '.join(CANDIDATES)}", file=sys.stderr)
+        return 2
     load = trial.load_model
 
     def load_with_candidates(*args: object, **kwargs: object) -> model_module.EmbeddingModel:
