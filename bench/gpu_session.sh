@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU measurements of docs/benchmarks.md, run from the repository root on the GPU machine:
 #   bash bench/gpu_session.sh OUT_DIR STAGE...
-#   (stages: check speed speed-ours quality quality-full attention ddp trial2 ddp2 sweep sweep-defaults
-#    sweep-candidates candidates profile profile-gpu-only profile2 net scaling overlap ddp-variants
-#    search-random search-tpe search-tpe-prune)
+#   (stages: check speed speed-ours quality quality-full attention ddp trial2 ddp2 sweep
+#    sweep-defaults sweep-candidates candidates profile profile-gpu-only profile2 net scaling
+#    overlap ddp-variants search-random search-tpe search-tpe-prune)
 # Expects .bench/ (minilm/ as a sentence-transformers dir, debian-train.jsonl.gz,
 # debian-test.jsonl) and, where the machine lacks them, wheels in .whl/.
 # Every GPU's clocks, power and clock-limit reasons are sampled each second into
@@ -19,10 +19,12 @@ fi
 export PYTHONPATH=/tmp/site:$PWD:$PWD/operator:$PWD/trainer_image
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-telemetry=clocks_event_reasons.active
-nvidia-smi --query-gpu=$telemetry --format=csv >/dev/null 2>&1 || telemetry=clocks_throttle_reasons.active
+reasons=clocks_event_reasons.active  # older drivers name it clocks_throttle_reasons
+nvidia-smi --query-gpu=$reasons --format=csv >/dev/null 2>&1 ||
+    reasons=clocks_throttle_reasons.active
 fields=timestamp,index,clocks.sm,clocks.mem,power.draw,power.limit,temperature.gpu
-nvidia-smi --query-gpu=$fields,utilization.gpu,$telemetry --format=csv -l 1 >"$out/gpu-telemetry.csv" 2>&1 &
+nvidia-smi --query-gpu=$fields,utilization.gpu,$reasons --format=csv -l 1 \
+    >"$out/gpu-telemetry.csv" 2>&1 &
 sampler=$!
 trap 'kill $sampler 2>/dev/null' EXIT
 data=.bench/debian-train.jsonl.gz
@@ -148,9 +150,9 @@ print(torch.__version__, transformers.__version__, st.__version__, torch.cuda.de
         done
         ;;
     candidates)  # BERT-base with the trainer as it is, with the short-attention candidate
-        # and with what it had before (--float32-residual --torch-dropout); then MiniLM. Each run is cut off after CANDIDATE_TIMEOUT seconds (default 240);
-        # CANDIDATE_RUNS ("model:flags;model:flags", flags of bench/trainer_speed.py)
-        # replaces the list.
+        # and with what it had before (--float32-residual --torch-dropout); then MiniLM.
+        # Each run is cut off after CANDIDATE_TIMEOUT seconds (default 240); CANDIDATE_RUNS
+        # ("model:flags;model:flags", flags of bench/trainer_speed.py) replaces the list.
         runs=("bert-base:" "bert-base:--candidate short-attention"
             "bert-base:--float32-residual --torch-dropout" "minilm:")
         [[ -n ${CANDIDATE_RUNS:-} ]] && IFS=';' read -ra runs <<<"$CANDIDATE_RUNS"

@@ -44,11 +44,10 @@ LONG_BLOCK = 64
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 WARPS = (2, 4, 8, 16)
-STAGES = (1, 2)
-"""On a GPU, Triton times each tile kernel at each of these warp and pipeline-stage counts on
-its first call for a tile size (and heads and head size), and keeps the fastest: a tile of 128
-rows holds 128 x 128 float32 scores, and with too few warps its registers spill. A tile gets
-at most one warp per 8 rows."""
+"""On a GPU, Triton times each tile kernel at each of these warp counts on its first call for
+a tile size (and heads and head size), and keeps the fastest: a tile of 128 rows holds
+128 x 128 float32 scores, and with too few warps its registers spill. A tile gets at most one
+warp per 8 rows. (The tile kernels have no loop, so pipeline stages would change nothing.)"""
 
 
 def _fitting_warps(
@@ -59,11 +58,11 @@ def _fitting_warps(
 
 
 def _tuned(kernel: triton.JITFunction) -> triton.JITFunction:
-    """`kernel` autotuned over `WARPS` and `STAGES` per tile size; as it is under Triton's
-    interpreter, which ignores both and whose timings would be of the interpreter."""
+    """`kernel` autotuned over `WARPS` per tile size; as it is under Triton's interpreter,
+    which ignores warps and whose timings would be of the interpreter."""
     if _INTERPRETED:
         return kernel
-    configs = [triton.Config({}, num_warps=w, num_stages=s) for w in WARPS for s in STAGES]
+    configs = [triton.Config({}, num_warps=warps) for warps in WARPS]
     return triton.autotune(
         configs,
         key=["TILE", "HEADS", "DIM"],
