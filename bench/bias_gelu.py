@@ -10,9 +10,10 @@ sums; the bias gradient is the sum of those few rows. That saves one read of the
 
 The forward computes GELU(product + bias) as Hugging Face's BERT does (exact GELU, with
 `torch.compile` one fused kernel), except that the product is rounded to autocast's dtype
-before the bias is added instead of after. Candidate `bias-gelu` of `bench/candidates.py`;
-for BERT intermediate blocks with a plain linear layer and exact GELU, others run as they
-are. Nothing here runs on CPU unless Triton's interpreter is on (`TRITON_INTERPRET=1`).
+before the bias is added instead of after (in evaluation too, which runs the same blocks).
+Candidate `bias-gelu` of `bench/candidates.py`; for BERT intermediate blocks with a plain
+linear layer and exact GELU, others run as they are. Nothing here runs on CPU unless
+Triton's interpreter is on (`TRITON_INTERPRET=1`).
 """
 
 from __future__ import annotations
@@ -67,17 +68,19 @@ def _backward_kernel(
 
 @torch.library.custom_op("kubetune_bench::bias_gelu_backward", mutates_args=())
 def bias_gelu_backward(grad: Tensor, product: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
-    """The gradients of GELU(product + bias) [N, F] with respect to `product` (in its dtype)
+    """The gradients of GELU(product + bias) [..., F] with respect to `product` (in its dtype)
     and `bias` (in the bias's), for the output gradient `grad`."""
-    grad, product = grad.contiguous(), product.contiguous()
-    rows, columns = product.shape
+    shape, columns = product.shape, product.shape[-1]
+    grad = grad.reshape(-1, columns).contiguous()
+    product = product.reshape(-1, columns).contiguous()
+    rows = product.shape[0]
     grad_product = torch.empty_like(product)
     blocks = triton.cdiv(rows, ROWS)
     partial_sums = torch.empty((blocks, columns), dtype=torch.float32, device=product.device)
     _backward_kernel[(blocks, triton.cdiv(columns, COLUMNS))](
         grad, product, bias, grad_product, partial_sums, rows, columns, ROWS=ROWS, COLUMNS=COLUMNS
     )
-    return grad_product, partial_sums.sum(0).to(bias.dtype)
+    return grad_product.view(shape), partial_sums.sum(0).to(bias.dtype)
 
 
 @bias_gelu_backward.register_fake

@@ -165,13 +165,17 @@ def test_inline_dropout_traces_to_inductors_triton_kernel_node() -> None:
     assert traced.returncode == 0, traced.stderr[-3000:]
 
 
-def test_bias_gelu_gives_gelus_output_and_the_gradients_of_product_and_bias() -> None:
-    """Rows and columns that are no multiple of the kernel's tile, in float32 under Triton's
-    interpreter, against autograd through `F.gelu`."""
+@pytest.mark.parametrize("shape", [(130, 200), (3, 45, 200)], ids=["packed", "padded"])
+def test_bias_gelu_gives_gelus_output_and_the_gradients_of_product_and_bias(
+    shape: tuple[int, ...],
+) -> None:
+    """Rows and columns that are no multiple of the kernel's tile, packed [tokens, F] or
+    padded [texts, length, F], in float32 under Triton's interpreter, against autograd
+    through `F.gelu`."""
     torch.manual_seed(0)
-    product = torch.randn(130, 200, requires_grad=True)
-    bias = torch.randn(200, requires_grad=True)
-    grad = torch.randn(130, 200)
+    product = torch.randn(shape, requires_grad=True)
+    bias = torch.randn(shape[-1], requires_grad=True)
+    grad = torch.randn(shape)
     out = bias_gelu.BiasGelu.apply(product, bias)
     (out * grad).sum().backward()
     got = (out.detach(), product.grad.clone(), bias.grad.clone())
