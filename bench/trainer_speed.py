@@ -32,7 +32,8 @@ state, and the warm-up must outlast them.
 `--flash-varlen` and `--separate-qkv` put back the packed path's attention kernel and its
 query, key and value projections of before 2026-12-04, and `--float32-residual` and
 `--torch-dropout` its float32 residual stream and PyTorch's hidden dropout (the trainer's
-until the third session of 2026-12-04), to compare on the same machine;
+until the third session of 2026-12-04), and `--unpacked-masks` the unpacking of the keep bits
+that left the backward unpacked masks (until the fourth), to compare on the same machine;
 `--candidate NAME` puts in a change of `bench/candidates.py` that is not yet in the trainer,
 and `--inductor NAME=VALUE` an Inductor setting. With `--profile DIR` it times nothing and
 instead profiles `--steps` steps after the warm-up (see `profile_ours`; `--profile-gpu-only`
@@ -63,6 +64,7 @@ import torch.distributed as dist
 from trace_timeline import timeline
 
 from kubetune.contract import DataSpec, TrialConfig
+from kubetune_trainer import dropout as dropout_module
 from kubetune_trainer import model as model_module
 from kubetune_trainer.batching import TokenizedExamples
 from kubetune_trainer.data import Example, read_examples
@@ -199,6 +201,13 @@ def torch_dropout(module: torch.nn.Module, states: torch.Tensor) -> torch.Tensor
     """The packed path's hidden dropout before its keep-bit kernel (`--torch-dropout`):
     PyTorch's."""
     return module(states)
+
+
+def arange_shifts(device: torch.device) -> torch.Tensor:
+    """The keep-bit dropout's unpacking shifts before the fourth session of 2026-12-04
+    (`--unpacked-masks`): one `torch.arange`, which a compiled graph shares among its
+    dropouts, so that its backward keeps every later layer's unpacked mask instead of bits."""
+    return torch.arange(8, device=device, dtype=torch.uint8)
 
 
 def set_inductor_config(settings: list[str]) -> None:
@@ -501,6 +510,12 @@ def main() -> None:
         "2026-12-04)",
     )
     parser.add_argument(
+        "--unpacked-masks",
+        action="store_true",
+        help="unpack the keep bits with one shared arange, so that the backward keeps unpacked "
+        "masks (the trainer's until the fourth session of 2026-12-04)",
+    )
+    parser.add_argument(
         "--candidate",
         action="append",
         choices=sorted(candidates.CANDIDATES),
@@ -548,6 +563,8 @@ def main() -> None:
         model_module._hidden_norm = float32_residual
     if args.torch_dropout:
         model_module._hidden_dropout = torch_dropout
+    if args.unpacked_masks:
+        dropout_module._unpacking_shifts = arange_shifts
     if args.cuda_graphs or (args.cuda_graphs is None and process.world_size > 1):
         _GraphWork.install()
     set_inductor_config(args.inductor)

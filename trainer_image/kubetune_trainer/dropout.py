@@ -26,6 +26,7 @@ DRAW_LEVELS = 1 << 16
 """Each keep draw is 16 bits."""
 
 _BLOCK = 1024
+_SHIFTS = tuple(range(8))
 
 KERNEL_DEVICES = {"cuda"}
 """The device types on which `dropout` runs the kernel. Tests add "cpu": with
@@ -69,12 +70,23 @@ def _keep_bits_shape(seed: Tensor, values: int, threshold: int) -> Tensor:
     return seed.new_empty(((values + 7) // 8,), dtype=torch.uint8)
 
 
+def _unpacking_shifts(device: torch.device) -> Tensor:
+    """The shifts that unpack a byte of keep bits: a constant of each call's own.
+
+    Why not `torch.arange`: one arange node would serve every dropout of a compiled graph
+    (common subexpressions are merged), and as it is then used in layers far apart, the
+    partitioner would not recompute the unpacking in the backward. It would keep each later
+    layer's unpacked mask, a byte per value instead of a bit, written by a kernel of its own
+    (`tests/trainer/test_model.py`)."""
+    return torch.tensor(_SHIFTS, dtype=torch.uint8, device=device)
+
+
 def bit_dropout(states: Tensor, p: float) -> Tensor:
     """Dropout at rate `p` with its mask from `keep_bits`. Under `torch.compile` the bits'
     unpacking fuses into the kernels around it, and the bits are what the backward keeps."""
     seed = torch.randint(0, 1 << 62, (1,), device=states.device)
     bits = keep_bits(seed, states.numel(), round(p * DRAW_LEVELS))
-    shifts = torch.arange(8, device=states.device, dtype=torch.uint8)
+    shifts = _unpacking_shifts(states.device)
     keep = ((bits.unsqueeze(1) >> shifts) & 1).view(-1)[: states.numel()].view_as(states)
     return states * keep.to(states.dtype) * (1.0 / (1.0 - p))
 
