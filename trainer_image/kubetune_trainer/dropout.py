@@ -71,13 +71,16 @@ def _keep_bits_shape(seed: Tensor, values: int, threshold: int) -> Tensor:
 
 
 def _unpacking_shifts(device: torch.device) -> Tensor:
-    """The shifts that unpack a byte of keep bits: a constant of each call's own.
+    """The shifts that unpack a byte of keep bits; when compiled, a constant of each call's own.
 
-    Why not `torch.arange`: one arange node would serve every dropout of a compiled graph
-    (common subexpressions are merged), and as it is then used in layers far apart, the
+    Why not `torch.arange` there: one arange node would serve every dropout of a compiled
+    graph (common subexpressions are merged), and as it is then used in layers far apart, the
     partitioner would not recompute the unpacking in the backward. It would keep each later
     layer's unpacked mask, a byte per value instead of a bit, written by a kernel of its own
-    (`tests/trainer/test_model.py`)."""
+    (`tests/trainer/test_model.py`). Run eagerly, a constant would be a copy from the host
+    on every call, and an arange is one small kernel."""
+    if not torch.compiler.is_compiling():
+        return torch.arange(8, device=device, dtype=torch.uint8)
     return torch.tensor(_SHIFTS, dtype=torch.uint8, device=device)
 
 
