@@ -33,7 +33,8 @@ state, and the warm-up must outlast them.
 query, key and value projections of before 2026-12-04, and `--float32-residual` and
 `--torch-dropout` its float32 residual stream and PyTorch's hidden dropout (the trainer's
 until the third session of 2026-12-04), and `--unpacked-masks` the unpacking of the keep bits
-that left the backward unpacked masks (until the fourth), to compare on the same machine;
+that left the backward unpacked masks (until the fourth), and `--strict-mix-order` Inductor's
+guarded layer-norm fusion (until 2026-12-05), to compare on the same machine;
 `--candidate NAME` puts in a change of `bench/candidates.py` that is not yet in the trainer,
 and `--inductor NAME=VALUE` an Inductor setting. With `--profile DIR` it times nothing and
 instead profiles `--steps` steps after the warm-up (see `profile_ours`; `--profile-gpu-only`
@@ -66,6 +67,7 @@ from trace_timeline import timeline
 from kubetune.contract import DataSpec, TrialConfig
 from kubetune_trainer import dropout as dropout_module
 from kubetune_trainer import model as model_module
+from kubetune_trainer import train as train_module
 from kubetune_trainer.batching import TokenizedExamples
 from kubetune_trainer.data import Example, read_examples
 from kubetune_trainer.losses import build_loss
@@ -208,6 +210,15 @@ def arange_shifts(device: torch.device) -> torch.Tensor:
     (`--unpacked-masks`): one `torch.arange`, which a compiled graph shares among its
     dropouts, so that its backward keeps every later layer's unpacked mask instead of bits."""
     return torch.arange(8, device=device, dtype=torch.uint8)
+
+
+def strict_mix_order(cuda_graphs: bool) -> dict[str, Any]:
+    """The trainer's Inductor settings before 2026-12-05 (`--strict-mix-order`): a layer
+    norm's backward reductions fused only past 5 Mi values, with the compiled graph guarded
+    on that."""
+    from torch._inductor import list_mode_options
+
+    return dict(list_mode_options("reduce-overhead")) if cuda_graphs else {}
 
 
 def set_inductor_config(settings: list[str]) -> None:
@@ -516,6 +527,12 @@ def main() -> None:
         "masks (the trainer's until the fourth session of 2026-12-04)",
     )
     parser.add_argument(
+        "--strict-mix-order",
+        action="store_true",
+        help="fuse a layer norm's backward reductions only on large batches, guarding the "
+        "compiled graph on the token count (the trainer's until 2026-12-05)",
+    )
+    parser.add_argument(
         "--candidate",
         action="append",
         choices=sorted(candidates.CANDIDATES),
@@ -565,6 +582,8 @@ def main() -> None:
         model_module._hidden_dropout = torch_dropout
     if args.unpacked_masks:
         dropout_module._unpacking_shifts = arange_shifts
+    if args.strict_mix_order:
+        train_module.inductor_options = strict_mix_order
     if args.cuda_graphs or (args.cuda_graphs is None and process.world_size > 1):
         _GraphWork.install()
     set_inductor_config(args.inductor)

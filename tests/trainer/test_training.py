@@ -21,6 +21,7 @@ from kubetune_trainer.data import load_data
 from kubetune_trainer.evaluation import RetrievalSet, ranking_metrics, search
 from kubetune_trainer.storage import Storage
 from kubetune_trainer.tracking import LogPoint, Observer
+from kubetune_trainer.train import inductor_options
 from kubetune_trainer.trial import run_trial
 from tests.trainer.conftest import DEV, config_document
 
@@ -173,3 +174,17 @@ def test_lora_fine_tuning_raises_ndcg_and_exports_a_merged_model(
     assert run.data.metrics["baseline/ndcg_at_10"] == pytest.approx(result.baseline_value)
     losses = client.get_metric_history(run.info.run_id, "train/loss")
     assert [point.step for point in losses] == [2, 4, 6, 8, 10]
+
+
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_the_compiled_encoder_is_not_guarded_on_its_token_count(cuda_graphs: bool) -> None:
+    """Inductor's layer-norm fusion heuristic would guard the compiled encoder on the token
+    count, and a batch across that line would recompile it mid-run; the trainer's options
+    turn its size checks off, and Inductor knows every option it is given."""
+    from torch._inductor import config
+
+    options = inductor_options(cuda_graphs)
+    assert options["triton.mix_order_reduction_non_strict_mode"] is True
+    assert options.get("triton.cudagraphs", False) is cuda_graphs
+    with config.patch(options):
+        assert config.triton.mix_order_reduction_non_strict_mode

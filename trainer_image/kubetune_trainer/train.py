@@ -56,6 +56,23 @@ def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], floa
     return factor
 
 
+def inductor_options(cuda_graphs: bool) -> dict[str, Any]:
+    """Inductor's settings for the trainer's compiled encoder. Without the non-strict mode,
+    Inductor fuses a layer norm's two backward reductions (mix-order reduction) only past
+    5 Mi values and guards the compiled graph on the token count, so a batch on the other
+    side of that line (a two-GPU share at length 256, or one GPU's last, short batch)
+    recompiles the whole model mid-run; non-strict, the fusion applies at every size and
+    nothing is guarded. A PyTorch without the setting gets the options without it."""
+    # imported here: only compiling needs Inductor, and importing it takes about a second
+    from torch._inductor import config as inductor_config
+    from torch._inductor import list_mode_options
+
+    options = dict(list_mode_options("reduce-overhead")) if cuda_graphs else {}
+    if hasattr(inductor_config.triton, "mix_order_reduction_non_strict_mode"):
+        options["triton.mix_order_reduction_non_strict_mode"] = True
+    return options
+
+
 def total_steps(config: TrialConfig, train_size: int) -> int:
     hyper = config.hyperparameters
     if hyper.max_steps is not None:
@@ -181,11 +198,11 @@ class Trainer:
         sync = self.gradient_sync
         if self.cuda_graphs:
             if self.world_size == 1:
-                return torch.compile(module, mode="reduce-overhead")  # type: ignore[return-value]
+                return torch.compile(module, options=inductor_options(True))  # type: ignore[return-value]
             _broadcast_from_lead(module)
             stages = self.encoder.packed_stages(sync.first_stage_layers) if sync.overlap else None
             compiled = [
-                torch.compile(stage, mode="reduce-overhead") for stage in stages or [module]
+                torch.compile(stage, options=inductor_options(True)) for stage in stages or [module]
             ]
             self.buckets = self._buckets(stages)
             return StagedForward(compiled, self.buckets)  # type: ignore[arg-type]
@@ -203,7 +220,7 @@ class Trainer:
             torch._dynamo.config.optimize_ddp = sync.split_graph
             module = ddp
         if self.device.type == "cuda":
-            return torch.compile(module)  # type: ignore[return-value]
+            return torch.compile(module, options=inductor_options(False))  # type: ignore[return-value]
         return module
 
     def _buckets(self, stages: list[PackedStage] | None) -> GradientBuckets:
