@@ -29,7 +29,7 @@ sampler=$!
 trap 'kill $sampler 2>/dev/null' EXIT
 data=.bench/debian-train.jsonl.gz
 models=(--model minilm=.bench/minilm --model bert-base=random)
-trial() {  # method, torchrun prefix...
+trial() {  # method, command prefix (python3, torchrun ...)
     local method=$1
     shift
     python3 bench/debian_trial.py --model .bench/minilm --train $data \
@@ -52,12 +52,12 @@ print(torch.__version__, transformers.__version__, st.__version__, torch.cuda.de
         python3 bench/trainer_speed.py --data $data "${models[@]}" --out "$out/speed.json" \
             2>&1 | tee "$out/speed.log"
         ;;
-    quality)
-        trial full python3
-        trial lora python3
+    quality)  # one process, also on a machine with several GPUs
+        trial full env KUBETUNE_PROCESSES=1 python3
+        trial lora env KUBETUNE_PROCESSES=1 python3
         ;;
     quality-full)
-        trial full python3
+        trial full env KUBETUNE_PROCESSES=1 python3
         ;;
     attention)
         python3 bench/attention_layouts.py --model .bench/minilm --data $data ${ATTENTION_FLAGS:-} \
@@ -70,8 +70,8 @@ print(torch.__version__, transformers.__version__, st.__version__, torch.cuda.de
             --skip-st --out "$out/ddp-2gpu.json" 2>&1 | tee "$out/ddp-2gpu.log"
         trial full torchrun --nproc-per-node 2
         ;;
-    trial2)
-        trial full torchrun --nproc-per-node 2
+    trial2)  # the operator's command on a Pod with two GPUs: one process per GPU
+        trial full env KUBETUNE_PROCESSES=2 python3
         ;;
     ddp2)
         torchrun --nproc-per-node 2 bench/trainer_speed.py --data $data "${models[@]}" \

@@ -35,6 +35,7 @@ LABEL_ATTEMPT = "kubetune.dev/attempt"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 THREADS_ENV = "OMP_NUM_THREADS"
+SHARED_MEMORY_VOLUME = "shm"
 CONTAINER = "trainer"
 COMMAND = ("python", "-m", "kubetune_trainer")
 NON_RETRYABLE_EXIT_CODES = tuple(
@@ -96,6 +97,17 @@ def cpu_threads(trainer: TrainerSpec) -> int | None:
     return None
 
 
+def gpu_count(trainer: TrainerSpec) -> int:
+    """The GPUs the trainer container asks for (any `<vendor>/gpu` resource, its limit else
+    its request); the trainer runs one process per GPU it is given."""
+    resources = trainer.resources
+    for values in (resources.limits, resources.requests) if resources else ():
+        gpus = [quantity for name, quantity in (values or {}).items() if name.endswith("/gpu")]
+        if gpus:
+            return sum(math.ceil(parse_quantity(quantity)) for quantity in gpus)
+    return 0
+
+
 def _pod_spec(
     config: TrialConfig,
     trainer: TrainerSpec,
@@ -142,6 +154,11 @@ def _pod_spec(
     }
     # The trainer never calls the Kubernetes API, whichever ServiceAccount it runs as.
     pod["automountServiceAccountToken"] = False
+    if gpu_count(trainer) > 1:
+        # one process per GPU, and NCCL between them uses shared memory, of which a
+        # container's own /dev/shm has only 64 MiB
+        pod["volumes"] = [{"name": SHARED_MEMORY_VOLUME, "emptyDir": {"medium": "Memory"}}]
+        container["volumeMounts"] = [{"name": SHARED_MEMORY_VOLUME, "mountPath": "/dev/shm"}]
     if trainer.service_account_name:
         pod["serviceAccountName"] = trainer.service_account_name
     if trainer.node_selector:

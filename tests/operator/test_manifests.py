@@ -11,7 +11,7 @@ from kubetune.api.finetuningtask import RESERVED_ENV_NAMES
 from kubetune.contract import TERMINATION_MESSAGE_ENV, TRIAL_CONFIG_ENV, TrialConfig
 from kubetune.decide.trialconfig import build_trial_config
 from kubetune.locations import ResolvedStorage
-from kubetune.manifests import job_manifest, job_name
+from kubetune.manifests import gpu_count, job_manifest, job_name
 from tests.operator.builders import task_spec
 
 STORAGE = ResolvedStorage(
@@ -209,3 +209,25 @@ def test_threads_follow_the_cpu_limit_else_request(resources, env, expected) -> 
     container = manifest(trainer)["spec"]["template"]["spec"]["containers"][0]
     values = [e["value"] for e in container["env"] if e["name"] == "OMP_NUM_THREADS"]
     assert values == ([expected] if expected else [])
+
+
+@pytest.mark.parametrize(
+    ("resources", "gpus"),
+    [
+        ({"limits": {"nvidia.com/gpu": 2}}, 2),
+        ({"limits": {"cpu": "4"}, "requests": {"amd.com/gpu": "4"}}, 4),
+        ({"limits": {"nvidia.com/gpu": 1}}, 1),
+        ({"requests": {"cpu": "2"}}, 0),
+        (None, 0),
+    ],
+)
+def test_a_trainer_with_several_gpus_gets_shared_memory_for_its_processes(resources, gpus) -> None:
+    trainer = TrainerSpec.model_validate({"resources": resources})
+    assert gpu_count(trainer) == gpus
+    pod = manifest(trainer)["spec"]["template"]["spec"]
+    mounts = pod["containers"][0].get("volumeMounts", [])
+    if gpus > 1:
+        assert pod["volumes"] == [{"name": "shm", "emptyDir": {"medium": "Memory"}}]
+        assert mounts == [{"name": "shm", "mountPath": "/dev/shm"}]
+    else:
+        assert "volumes" not in pod and mounts == []

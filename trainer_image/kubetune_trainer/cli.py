@@ -3,8 +3,8 @@
 Reads the trial config (`--config PATH` or `KUBETUNE_TRIAL_CONFIG`), runs the trial, and ends
 with an exit code from `kubetune.contract` (0 ok, 2 bad input, 3 training failed, 4 storage
 failed, 1 unexpected) and a one-line termination message: the result summary, or the error.
-For a multi-GPU trial the operator's Job runs this under `torchrun --nproc-per-node N`; only
-rank 0 writes the summary.
+Given several GPUs, the command runs the trial as one process per GPU and reports for them
+all (`kubetune_trainer.launch`).
 """
 
 from __future__ import annotations
@@ -25,13 +25,18 @@ from kubetune.contract import (
     termination_summary,
 )
 from kubetune_trainer.config import load_config
-from kubetune_trainer.errors import TrialError
+from kubetune_trainer.errors import InputError, TrialError
+from kubetune_trainer.launch import is_worker, launch, process_count, worker_message_path
 
 log = logging.getLogger("kubetune_trainer")
 
 
 def termination_message_path(environ: Mapping[str, str] = os.environ) -> Path | None:
-    """The env var's path, else Kubernetes' default if it is writable here, else None."""
+    """A launched worker's own file; else the env var's path, else Kubernetes' default if it
+    is writable here, else None."""
+    worker = worker_message_path(environ)
+    if worker is not None:
+        return worker
     configured = environ.get(TERMINATION_MESSAGE_ENV)
     if configured:
         return Path(configured)
@@ -72,6 +77,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         config = load_config(args.config)
+        processes = 1 if is_worker() else process_count()
+        if processes > 1:
+            if config.gradient_cache.enabled:
+                raise InputError(
+                    f"gradient_cache runs in one process, and this trial has {processes} "
+                    "devices: give the trainer one GPU, or turn gradient caching off"
+                )
+            outcome = launch(processes, sys.argv[1:] if argv is None else argv)
+            write_termination_message(outcome.message)
+            return outcome.exit_code
         log.info("trial %s/%s (%s)", config.trial.namespace, config.trial.name, config.method)
         from kubetune_trainer.trial import run_trial
 

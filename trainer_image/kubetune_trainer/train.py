@@ -209,7 +209,7 @@ class Trainer:
         if self.world_size > 1:
             ddp = torch.nn.parallel.DistributedDataParallel(
                 module,
-                device_ids=[self.device.index],
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False,
                 gradient_as_bucket_view=True,
                 bucket_cap_mb=sync.bucket_cap_mb,

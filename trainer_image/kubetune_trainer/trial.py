@@ -78,6 +78,12 @@ class Process:
             raise InputError(f"bad torchrun environment: {error}") from None
 
 
+def _device_name(device: torch.device, processes: int) -> str:
+    """What ran the trial: the device's name, with the process count when several ran it."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return name if processes == 1 else f"{processes} x {name}"
+
+
 def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `precision` on `device`; None means plain fp32."""
     if precision == "auto":
@@ -116,13 +122,14 @@ def run_trial(
     if process.world_size == 1:
         device = device or default_device()
     elif config.gradient_cache.enabled:
-        raise InputError("gradient_cache: runs on one GPU only; start the trial without torchrun")
-    elif not torch.cuda.is_available():
-        raise InputError(f"WORLD_SIZE={process.world_size}: a multi-GPU trial needs CUDA")
-    else:
+        raise InputError("gradient_cache: runs in one process only; start the trial with one")
+    elif torch.cuda.is_available():
         device = torch.device("cuda", process.local_rank)
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device)
+    else:  # several CPU processes (gloo): slow, but the same trial, and how tests run it
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
     amp_dtype = autocast_dtype(config.hyperparameters.precision, device)
     try:
         with tempfile.TemporaryDirectory(prefix="kubetune-", dir=work_dir) as scratch:
@@ -278,7 +285,7 @@ def _run(
             train_data=config.data.train,
             validation_data=config.data.validation,
             eval_max_seq_length=model.eval_max_seq_length,
-            device=torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+            device=_device_name(device, process.world_size),
             mlflow_run_id=mlflow.run_id if mlflow is not None else None,
             trainer_version=__version__,
         )

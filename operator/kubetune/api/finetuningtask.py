@@ -612,7 +612,9 @@ class TrainerSpec(ApiModel):
     resources: ResourceRequirements | None = Field(
         default=None,
         description="Container resources, GPUs included. A CPU limit (else request), rounded "
-        "up, also sets the trainer's thread count, `OMP_NUM_THREADS`, unless `env` sets it.",
+        "up, also sets the trainer's thread count, `OMP_NUM_THREADS`, unless `env` sets it. "
+        "Given several GPUs, the trial runs one process per GPU (data parallel, in-batch "
+        "negatives gathered across them), and the Pod gets a memory-backed `/dev/shm`.",
     )
     node_selector: (
         Annotated[
