@@ -94,7 +94,7 @@ def apply(encoder: nn.Module, names: Iterable[str]) -> None:
 def main(argv: list[str]) -> int:
     """The trainer's command (`python -m kubetune_trainer ARGS`) with the candidates of the
     first argument (comma-separated) in every model it loads."""
-    from kubetune_trainer import cli, trial
+    from kubetune_trainer import cli, launch, trial
 
     if not argv or argv[0].startswith("-"):
         print("usage: python bench/candidates.py NAME[,NAME...] TRAINER-ARGS...", file=sys.stderr)
@@ -104,6 +104,14 @@ def main(argv: list[str]) -> int:
     unknown = sorted(set(names) - set(CANDIDATES))
     if unknown:
         print(f"unknown candidates {unknown}; known: {', '.join(CANDIDATES)}", file=sys.stderr)
+        return 2
+    if not launch.is_worker() and launch.process_count() > 1:
+        # the trainer's own launcher would start ranks without the candidates
+        print(
+            "several devices: run one process (KUBETUNE_PROCESSES=1), or one per device "
+            "with torchrun --nproc-per-node N bench/candidates.py ...",
+            file=sys.stderr,
+        )
         return 2
     load = trial.load_model
 

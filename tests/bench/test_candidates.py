@@ -215,3 +215,13 @@ def test_every_quality_sweep_variant_names_known_candidates() -> None:
     """A misspelt candidate would fail only on the GPU machine, after its time is spent."""
     for name, variant in quality_sweep.VARIANTS.items():
         assert set(variant.candidates) <= set(candidates.CANDIDATES), name
+
+
+def test_the_trainers_command_with_candidates_runs_in_one_process_only(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The trainer's launcher would start its ranks without the candidates."""
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("KUBETUNE_PROCESSES", "2")
+    assert candidates.main(["bias-gelu", "--config", "trial.json"]) == 2
+    assert "torchrun --nproc-per-node N bench/candidates.py" in capsys.readouterr().err

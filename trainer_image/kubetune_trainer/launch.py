@@ -114,7 +114,7 @@ def launch(processes: int, argv: Sequence[str]) -> LaunchOutcome:
             max_restarts=0,
             monitor_interval=0.5,
         )
-        log.info("launching %d processes, one per device", processes)
+        log.info("launching %d processes of the trial", processes)
         try:
             elastic_launch(config, sys.executable)("-m", "kubetune_trainer", *argv)
         except ChildFailedError as error:
