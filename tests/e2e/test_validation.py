@@ -99,6 +99,30 @@ BAD_TASKS = [
         _task("spec.loss", {"name": "weighted"}),
         "this loss cannot train on this dataset format",
     ),
+    (
+        "gradient caching on two GPUs",
+        {
+            **VALID_TASK,
+            "spec": {
+                **VALID_TASK["spec"],
+                "gradientCache": {"enabled": True},
+                "trainer": {"resources": {"limits": {"nvidia.com/gpu": 2}}},
+            },
+        },
+        "gradient caching runs in one process: give the trainer one GPU",
+    ),
+    (
+        "gradient caching on four requested GPUs",
+        {
+            **VALID_TASK,
+            "spec": {
+                **VALID_TASK["spec"],
+                "gradientCache": {"enabled": True},
+                "trainer": {"resources": {"requests": {"amd.com/gpu": "4"}}},
+            },
+        },
+        "gradient caching runs in one process: give the trainer one GPU",
+    ),
     ("unknown field", _task("spec.learningRate", 0.1), 'unknown field "spec.learningRate"'),
 ]
 
@@ -117,6 +141,21 @@ def test_bad_task_is_rejected_with_a_readable_message(
     )
     assert result.returncode != 0, f"{case}: accepted"
     assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("gradient_cache", "gpus"), [(True, 1), (True, "1"), (False, 2), (True, None)]
+)
+def test_gradient_caching_is_accepted_with_one_gpu_and_several_gpus_without_it(
+    kubectl: Kubectl, crds: None, namespace: str, gradient_cache: bool, gpus: int | str | None
+) -> None:
+    task = copy.deepcopy(VALID_TASK)
+    task["spec"]["gradientCache"] = {"enabled": gradient_cache}
+    if gpus is not None:
+        task["spec"]["trainer"] = {
+            "resources": {"limits": {"nvidia.com/gpu": gpus}, "requests": {"cpu": "2"}}
+        }
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(task))
 
 
 def test_the_valid_task_is_accepted_and_immutable_fields_stay(

@@ -680,6 +680,18 @@ def _loss_format_rule() -> str:
     return f"!has(self.loss) || !has(self.loss.name) || {cases}"
 
 
+def _single_gpu_rule(kind: str) -> str:
+    """CEL: with gradient caching on, no `<vendor>/gpu` resource among the trainer's `kind`
+    (limits or requests) is more than one (the trainer runs one process per GPU, and gradient
+    caching needs one). One rule per kind: together they pass the apiserver's cost budget."""
+    resources = f"self.trainer.resources.{kind}"
+    return (
+        "!has(self.gradientCache) || !self.gradientCache.enabled || !has(self.trainer) "
+        f"|| !has(self.trainer.resources) || !has({resources}) || !{resources}.exists(k, "
+        f"k.endsWith('/gpu') && !(string({resources}[k]) in ['0', '1']))"
+    )
+
+
 class FineTuningTaskSpec(ApiModel):
     """One tuning iteration: data, method, objective, search and trainer settings."""
 
@@ -695,6 +707,13 @@ class FineTuningTaskSpec(ApiModel):
             "!has(self.gradientCache) || !self.gradientCache.enabled || !has(self.loss) "
             "|| !has(self.loss.name) || self.loss.name != 'triplet'",
             "gradient caching does not apply to the triplet loss",
+        ),
+        *(
+            _cel(
+                _single_gpu_rule(kind),
+                "gradient caching runs in one process: give the trainer one GPU",
+            )
+            for kind in ("limits", "requests")
         ),
     )
 
