@@ -127,13 +127,14 @@ print(torch.__version__, transformers.__version__, st.__version__, torch.cuda.de
         done
         ;;
     overlap)  # BERT-base: one GPU with graphs, then two: the default (graphs, overlapped
-        # buckets), bf16 buckets, and OVERLAP_VARIANT (flags; default --no-overlap); each run
-        # cut off after 135 s
+        # buckets), bf16 buckets, and OVERLAP_VARIANT (flags, several separated by ";";
+        # default --no-overlap); each run cut off after 135 s
         run=(timeout 135 torchrun --nproc-per-node)
         speed=(bench/trainer_speed.py --data $data "${models[@]}" --skip-st --measure bert-base
             --warmup 100 --windows)
         "${run[@]}" 1 "${speed[@]}" --cuda-graphs 2>&1 | tee -a "$out/overlap.log"
-        for flags in "" "--ddp-bf16" "${OVERLAP_VARIANT:---no-overlap}"; do
+        IFS=';' read -ra overlap_variants <<<"${OVERLAP_VARIANT:---no-overlap}"
+        for flags in "" "--ddp-bf16" "${overlap_variants[@]}"; do
             echo "--- 2 GPUs: ${flags:-default}" | tee -a "$out/overlap.log"
             # shellcheck disable=SC2086
             "${run[@]}" 2 "${speed[@]}" $flags 2>&1 | tee -a "$out/overlap.log"

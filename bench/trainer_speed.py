@@ -26,9 +26,10 @@ without CUDA graphs (with CUDA graphs there is no DDP wrapper), except `--ddp-bf
 also sets the dtype of the trainer's own gradient buckets under CUDA graphs. CUDA graphs follow
 the trainer's default (on with several GPUs, off on one) unless `--cuda-graphs` or
 `--no-cuda-graphs` says otherwise; `--no-overlap` averages all gradients after the backward
-instead of the second stage's during it (`kubetune_trainer.sync`). `--windows` prints every
-logging window, with the CUDA graphs recorded so far: a window with a recording is no steady
-state, and the warm-up must outlast them.
+instead of the second stage's during it (`kubetune_trainer.sync`), and
+`--dense-embedding-gradients` averages the whole word-embedding gradient instead of the
+step's rows. `--windows` prints every logging window, with the CUDA graphs recorded so far:
+a window with a recording is no steady state, and the warm-up must outlast them.
 `--flash-varlen` and `--separate-qkv` put back the packed path's attention kernel and its
 query, key and value projections of before 2026-12-04, and `--float32-residual` and
 `--torch-dropout` its float32 residual stream and PyTorch's hidden dropout (the trainer's
@@ -329,6 +330,7 @@ def _trainer(
             static_graph=args.ddp_static_graph,
             overlap=not args.no_overlap,
             first_stage_layers=args.first_stage_layers,
+            compact_embeddings=not args.dense_embedding_gradients,
         ),
         cuda_graphs=args.cuda_graphs,
     )
@@ -496,6 +498,13 @@ def main() -> None:
         action="store_true",
         help="with CUDA graphs on several GPUs: one compiled stage, gradients averaged after "
         "the backward (GradientSync.overlap off)",
+    )
+    parser.add_argument(
+        "--dense-embedding-gradients",
+        action="store_true",
+        help="with CUDA graphs on several GPUs: average the whole word-embedding gradient, not "
+        "the step's rows only (GradientSync.compact_embeddings off; the trainer's until "
+        "2026-12-05)",
     )
     parser.add_argument(
         "--flash-varlen",

@@ -150,18 +150,26 @@ def _adamw_step(model: EmbeddingModel, fused: bool) -> torch.optim.AdamW:
     return torch.optim.AdamW(parameters, lr=1e-3, eps=1e-6, fused=fused)
 
 
-def _buckets_process(rank: int, port: int, out: Path, model_dir: Path, dtype: torch.dtype) -> None:
+def _buckets_process(
+    rank: int, port: int, out: Path, model_dir: Path, dtype: torch.dtype, compact: bool
+) -> None:
     dist.init_process_group("gloo", f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     model, data = _model(model_dir)
     stages = model.encoder.packed_stages(first_layers=2)
-    assert stages is not None
-    buckets = GradientBuckets([stage.trainable() for stage in stages], dtype)
+    assert stages is not None and stages[0].embeddings is not None
+    word_embeddings = stages[0].embeddings.word_embeddings.weight
+    rows = word_embeddings if compact else None
+    buckets = GradientBuckets([stage.trainable() for stage in stages], dtype, rows)
     encode = StagedForward(list(stages), buckets)
     batch = data.collate(ORDER, rank, 2, graph_shapes=True, balance=True)
+    assert batch.token_rows is not None
+    # the step's tokens, the same on both processes: a small part of the vocabulary
+    assert 0 < batch.token_rows.numel() < word_embeddings.shape[0] // 100
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     loss = forward_backward(encode, batch, build_loss("mnrl", LossSpec()), None, scaler, 16)
-    buckets.launch(0)  # the second stage's bucket was launched in the backward
+    buckets.launch(0, batch.token_rows)  # the second stage's bucket was launched in the backward
     buckets.finish()
+    assert buckets.compacted[0] is compact
     names = [name for name, p in model.encoder.named_parameters() if p.requires_grad]
     grads = {
         name: p.grad.clone() for name, p in model.encoder.named_parameters() if p.grad is not None
@@ -175,24 +183,41 @@ def _buckets_process(rank: int, port: int, out: Path, model_dir: Path, dtype: to
     }
     assert sorted(grads) == sorted(names)
     torch.save(
-        {"loss": loss, "grads": grads, "norm": norm, "weights": weights, "shares": batch.shares},
+        {
+            "loss": loss,
+            "grads": grads,
+            "norm": norm,
+            "weights": weights,
+            "shares": batch.shares,
+            "token_rows": batch.token_rows,
+        },
         out / f"rank{rank}.pt",
     )
     dist.destroy_process_group()
 
 
 @pytest.mark.parametrize(
-    ("dtype", "tolerance", "weight_tolerance"),
-    [(torch.float32, 1e-5, 1e-6), (torch.bfloat16, 1e-2, 5e-4)],
-    ids=["fp32", "bf16"],
+    ("dtype", "compact", "tolerance", "weight_tolerance"),
+    [
+        (torch.float32, True, 1e-5, 1e-6),
+        (torch.float32, False, 1e-5, 1e-6),
+        (torch.bfloat16, True, 1e-2, 5e-4),
+    ],
+    ids=["fp32-compact", "fp32", "bf16-compact"],
 )
 def test_gradient_buckets_average_to_the_one_process_gradient_and_step(
-    tmp_path: Path, model_dir: Path, dtype: torch.dtype, tolerance: float, weight_tolerance: float
+    tmp_path: Path,
+    model_dir: Path,
+    dtype: torch.dtype,
+    compact: bool,
+    tolerance: float,
+    weight_tolerance: float,
 ) -> None:
+    """Also with the word embeddings sent as the step's rows only (`compact`)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    mp.spawn(_buckets_process, args=(port, tmp_path, model_dir, dtype), nprocs=2)
+    mp.spawn(_buckets_process, args=(port, tmp_path, model_dir, dtype, compact), nprocs=2)
     model, data = _model(model_dir)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     loss = forward_backward(
@@ -205,6 +230,7 @@ def test_gradient_buckets_average_to_the_one_process_gradient_and_step(
     for rank in range(2):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         assert got["shares"] == (4, 3)
+        assert torch.equal(got["token_rows"], torch.load(tmp_path / "rank0.pt")["token_rows"])
         torch.testing.assert_close(got["loss"], loss.detach(), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(got["norm"], norm, rtol=tolerance, atol=0)
         assert got["grads"].keys() == grads.keys()

@@ -201,7 +201,11 @@ class Batch:
     `weight` is every example's weight; `group[i] == group[j]` means examples `i` and `j`
     share an anchor text, so neither's positive is a negative for the other. `shares` and
     `negative_shares` give every process's number of examples and of negatives, so the loss
-    can gather the step's embeddings from all processes.
+    can gather the step's embeddings from all processes. With graph shapes (the path on
+    which the trainer averages gradients itself), `token_rows` holds the distinct token ids
+    of the whole step (id 0 of the dummies included), ascending: the only rows of the word
+    embeddings whose gradient any process can have, so the processes average those rows only
+    (`kubetune_trainer.sync`).
     """
 
     texts: Packed
@@ -211,6 +215,7 @@ class Batch:
     group: Tensor
     shares: tuple[int, ...]
     negative_shares: tuple[int, ...]
+    token_rows: Tensor | None = None
 
     @property
     def negatives(self) -> int:
@@ -231,6 +236,9 @@ class Batch:
             group=self.group.to(device, non_blocking=True),
             shares=self.shares,
             negative_shares=self.negative_shares,
+            token_rows=None
+            if self.token_rows is None
+            else self.token_rows.to(device, non_blocking=True),
         )
 
     def __len__(self) -> int:
@@ -334,7 +342,23 @@ class TokenizedExamples:
             group=self.groups[rows],
             shares=tuple(len(part) for part in parts),
             negative_shares=negative_shares,
+            token_rows=torch.from_numpy(self._token_rows(order)) if shape is not None else None,
         )
+
+    def _token_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The distinct token ids of examples `rows` (anchors, positives, hard negatives) and
+        id 0, which dummy texts use, ascending."""
+        negatives = self.negative_row[rows]
+        ids = [
+            self.anchors.gather(rows)[0],
+            self.positives.gather(rows)[0],
+            self.negatives.gather(negatives[negatives >= 0])[0],
+        ]
+        present = np.zeros(max(int(part.max(initial=0)) for part in ids) + 1, dtype=bool)
+        present[0] = True
+        for part in ids:
+            present[part] = True
+        return np.flatnonzero(present)
 
     def _tokens(self, rows: np.ndarray) -> np.ndarray:
         """Each example's tokens: anchor, positive and hard negative, if any."""

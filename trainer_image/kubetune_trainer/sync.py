@@ -13,7 +13,9 @@ backward goes on; the first stage's bucket (the token embeddings and the first l
 all that is averaged after the backward. Averaged fp32 gradients become views into their
 bucket (nothing is copied back); bf16 buckets (half the bytes) are copied back into the fp32
 gradients on the side stream. Each gradient's norm is computed there too, so gradient
-clipping needs only a norm over those norms (`GradientBuckets.norm`).
+clipping needs only a norm over those norms (`GradientBuckets.norm`). The word embeddings'
+gradient, most of the first bucket and the one part of it that waits after the backward, is
+sent as the rows of the step's tokens only: every other row is zero on every process.
 
 The hook runs before the earlier stage's backward starts and after every gradient of the
 later stage is in place: autograd runs a parameter's gradient accumulation before any other
@@ -38,11 +40,27 @@ Stage = Callable[[Tensor, Tensor, Tensor, Tensor, int], Tensor]
 
 class GradientBuckets:
     """One flat buffer per group of parameters (per stage), each all-reduced (averaged) over
-    all processes once its gradients are complete, sent in `dtype`."""
+    all processes once its gradients are complete, sent in `dtype`.
 
-    def __init__(self, groups: list[list[nn.Parameter]], dtype: torch.dtype) -> None:
+    `rows`, the word embeddings of the first group, are sent compacted: only the rows of the
+    step's tokens (`Batch.token_rows`, the same on every process), since every other row's
+    gradient is zero on every process. Of BERT-base's first bucket they are 23.4M of 38M
+    values, of which a step's tokens use about a sixth."""
+
+    def __init__(
+        self,
+        groups: list[list[nn.Parameter]],
+        dtype: torch.dtype,
+        rows: nn.Parameter | None = None,
+    ) -> None:
+        if rows is not None:
+            if not any(p is rows for p in groups[0]):
+                raise TrainingError("the compacted rows must be a parameter of the first group")
+            # last in its bucket, where the compacted rows take a varying part of its space
+            groups = [[p for p in groups[0] if p is not rows] + [rows], *groups[1:]]
         self.groups = groups
         self.dtype = dtype
+        self.rows = rows
         device = next(parameter.device for group in groups for parameter in group)
         self.device = device
         self.flat: list[Tensor] = []
@@ -59,11 +77,13 @@ class GradientBuckets:
         self.average = dist.get_backend() == dist.Backend.NCCL
         self.world_size = dist.get_world_size()
         self.norms: list[Tensor | None] = [None] * len(groups)
+        self.compacted = [False] * len(groups)
         self.finished: list[Tensor] = []
 
-    def launch(self, index: int) -> None:
+    def launch(self, index: int, token_rows: Tensor | None = None) -> None:
         """Start averaging group `index`, whose gradients are complete; on CUDA this returns
-        at once, the work queued on the side stream behind what the device has queued so far."""
+        at once, the work queued on the side stream behind what the device has queued so far.
+        For the first group, `token_rows` (on the device) are the rows of `rows` to send."""
         group, views, flat = self.groups[index], self.views[index], self.flat[index]
         if not group:
             self.norms[index] = torch.zeros(1, device=self.device)
@@ -71,22 +91,39 @@ class GradientBuckets:
         grads = [parameter.grad for parameter in group]
         if any(grad is None for grad in grads):
             raise TrainingError("a trainable parameter got no gradient in this step")
+        compact = index == 0 and self.rows is not None and token_rows is not None
+        whole = len(group) - 1 if compact else len(group)  # the tensors sent whole
         if self.stream is not None:  # the gradients are written on the current stream
             self.stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.stream) if self.stream is not None else nullcontext():
-            torch._foreach_copy_(views, grads)  # one multi-tensor kernel, casting to `dtype`
+            # one multi-tensor kernel, casting to `dtype`
+            torch._foreach_copy_(views[:whole], grads[:whole])  # type: ignore[arg-type]
+            if compact:
+                assert token_rows is not None
+                dense = grads[-1]
+                assert dense is not None
+                start = flat.numel() - dense.numel()
+                flat = flat[: start + token_rows.numel() * dense.shape[1]]
+                sent = flat[start:].view(token_rows.numel(), dense.shape[1])
+                sent.copy_(dense.index_select(0, token_rows))
             op = dist.ReduceOp.AVG if self.average else dist.ReduceOp.SUM
             work = dist.all_reduce(flat, op=op, async_op=True)
             assert work is not None
             work.wait()  # on CUDA, only the side stream waits for NCCL's
             if not self.average:
                 flat.div_(self.world_size)
-            averaged = views
+            averaged = views[:whole]
             if self.dtype != group[0].dtype:
-                torch._foreach_copy_(grads, views)  # type: ignore[arg-type]
-                averaged = grads  # type: ignore[assignment]
+                torch._foreach_copy_(grads[:whole], views[:whole])  # type: ignore[arg-type]
+                averaged = grads[:whole]  # type: ignore[assignment]
+            if compact:
+                rows = sent.to(dense.dtype)
+                # every other row is zero on every process: already the average
+                dense.index_copy_(0, token_rows, rows)
+                averaged = [*averaged, rows]
             # per tensor here, over them in `norm`: as `gradient_norm`
             self.norms[index] = torch.stack(torch._foreach_norm(averaged, 2))
+            self.compacted[index] = compact
 
     def finish(self) -> None:
         """Wait (on the current stream) for every group, each launched once this step, and
@@ -97,9 +134,11 @@ class GradientBuckets:
         self.finished, self.norms = finished, [None] * len(self.groups)
         if self.stream is not None:
             torch.cuda.current_stream(self.device).wait_stream(self.stream)
-        for group, views in zip(self.groups, self.views, strict=True):
+        for group, views, compacted in zip(self.groups, self.views, self.compacted, strict=True):
             if group and self.dtype == group[0].dtype:
-                for parameter, view in zip(group, views, strict=True):
+                # compacted rows were averaged into the parameter's own gradient
+                sent = group[:-1] if compacted else group
+                for parameter, view in zip(sent, views, strict=False):
                     parameter.grad = view
 
     def norm(self) -> Tensor:

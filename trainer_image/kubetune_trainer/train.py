@@ -89,10 +89,12 @@ class GradientSync:
     it the whole model is one graph and every all-reduce waits for the end of the backward.
     `bf16` sends gradients in bf16, half the bytes of fp32 (averaged in fp32 afterwards);
     it also applies with CUDA graphs, where the trainer averages the gradients itself, without
-    DDP (`kubetune_trainer.sync`); there only `bf16` and `overlap` apply. `overlap` runs a BERT
-    model's forward in two compiled stages so that the second stage's gradients are averaged
-    during the first stage's backward; without it, all are averaged after the backward.
-    `first_stage_layers` sets the cut (default: a sixth of the layers, at least one).
+    DDP (`kubetune_trainer.sync`); there only `bf16`, `overlap`, `first_stage_layers` and
+    `compact_embeddings` apply. `overlap` runs a BERT model's forward in two compiled stages so
+    that the second stage's gradients are averaged during the first stage's backward; without
+    it, all are averaged after the backward. `first_stage_layers` sets the cut (default: a
+    sixth of the layers, at least one). `compact_embeddings` sends the word embeddings'
+    gradient as the rows of the step's tokens only, the rest being zero everywhere.
     """
 
     split_graph: bool = True
@@ -101,6 +103,7 @@ class GradientSync:
     static_graph: bool = False
     overlap: bool = True
     first_stage_layers: int | None = None
+    compact_embeddings: bool = True
 
 
 def _broadcast_from_lead(module: torch.nn.Module) -> None:
@@ -224,13 +227,18 @@ class Trainer:
         return module
 
     def _buckets(self, stages: list[PackedStage] | None) -> GradientBuckets:
-        """One gradient bucket per stage (all parameters in one without stages)."""
+        """One gradient bucket per stage (all parameters in one without stages). The first
+        stage's word embeddings, when trained, are sent as the rows of the step's tokens."""
         everything = list(self.parameters.values())
         groups = [everything] if stages is None else [stage.trainable() for stage in stages]
         if sorted(map(id, everything)) != sorted(id(p) for group in groups for p in group):
             raise TrainingError("the packed stages do not hold every trainable parameter once")
         dtype = torch.bfloat16 if self.gradient_sync.bf16 else torch.float32
-        return GradientBuckets(groups, dtype)
+        rows = None
+        if self.gradient_sync.compact_embeddings and stages and stages[0].embeddings is not None:
+            word_embeddings = stages[0].embeddings.word_embeddings.weight
+            rows = word_embeddings if word_embeddings.requires_grad else None
+        return GradientBuckets(groups, dtype, rows)
 
     def _clip(self, max_norm: float) -> None:
         """Clip gradients to `max_norm` in all, in the optimizer step (`sync.clip_in_step`:
@@ -300,7 +308,7 @@ class Trainer:
             self.encode, batch, self.loss_fn, self.amp_dtype, self.scaler, max_length
         )
         if self.buckets is not None:  # the later stages' buckets were launched in the backward
-            self.buckets.launch(0)
+            self.buckets.launch(0, batch.token_rows)
             self.buckets.finish()
         return loss
 
