@@ -78,3 +78,22 @@ def test_a_missing_base_model_exits_2(tmp_path: Path, model_dir: Path) -> None:
     code, message, _ = run_cli(tmp_path, "--config", str(config))
     assert code == EXIT_BAD_INPUT
     assert f"{tmp_path / 'nowhere'}: not a directory" in message
+
+
+def test_the_trainer_imports_nothing_outside_its_extra() -> None:
+    """The trainer image installs the `trainer` extra only: not the operator's kopf and
+    Kubernetes client, nor the test-only sentence-transformers."""
+    others = ["kopf", "kubernetes", "sentence_transformers", "optuna", "matplotlib", "lupa"]
+    code = (
+        "import sys, kubetune_trainer.cli, kubetune_trainer.trial, kubetune_trainer.launch\n"
+        f"print(sorted(m for m in {others!r} if m in sys.modules))"
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", code],
+        env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert process.stdout.strip() == "[]"
