@@ -24,6 +24,10 @@ SCHEMA_VERSION: Literal[1] = 1
 TRIAL_CONFIG_ENV = "KUBETUNE_TRIAL_CONFIG"
 """Env var holding the `TrialConfig` as JSON (the alternative is `--config PATH`)."""
 
+PROCESSES_ENV = "KUBETUNE_PROCESSES"
+"""Env var: how many processes (one per GPU) run the trial; the operator sets it from the
+trainer's GPU resources unless the task's env does, the trainer otherwise counts its GPUs."""
+
 TERMINATION_MESSAGE_ENV = "KUBETUNE_TERMINATION_MESSAGE_PATH"
 DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 TERMINATION_MESSAGE_MAX_BYTES = 4096

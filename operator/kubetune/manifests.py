@@ -21,6 +21,7 @@ from kubetune.contract import (
     EXIT_INTERNAL_ERROR,
     EXIT_OK,
     EXIT_REASONS,
+    PROCESSES_ENV,
     RETRYABLE_EXIT_CODES,
     TERMINATION_MESSAGE_ENV,
     TRIAL_CONFIG_ENV,
@@ -119,6 +120,9 @@ def _pod_spec(
     threads = cpu_threads(trainer)
     if threads is not None and all(e["name"] != THREADS_ENV for e in env):
         env.append({"name": THREADS_ENV, "value": str(threads)})
+    if all(e["name"] != PROCESSES_ENV for e in env):
+        # what Kubernetes gave the Pod, not what its container runtime happens to show it
+        env.append({"name": PROCESSES_ENV, "value": str(max(1, gpu_count(trainer)))})
     env.append({"name": TRIAL_CONFIG_ENV, "value": config.model_dump_json(exclude_none=True)})
     # Said outright rather than left to the trainer's fallback (the default path when it is
     # writable): a runtime that maps the path elsewhere, as devcluster's node agent does,

@@ -8,7 +8,12 @@ import pytest
 
 from kubetune.api import CredentialsSecretRef, TrainerSpec
 from kubetune.api.finetuningtask import RESERVED_ENV_NAMES
-from kubetune.contract import TERMINATION_MESSAGE_ENV, TRIAL_CONFIG_ENV, TrialConfig
+from kubetune.contract import (
+    PROCESSES_ENV,
+    TERMINATION_MESSAGE_ENV,
+    TRIAL_CONFIG_ENV,
+    TrialConfig,
+)
 from kubetune.decide.trialconfig import build_trial_config
 from kubetune.locations import ResolvedStorage
 from kubetune.manifests import gpu_count, job_manifest, job_name
@@ -151,7 +156,8 @@ def test_job_manifest():
     assert env["HF_HUB_OFFLINE"]["value"] == "1"
     # The trainer writes its one-line message where the container's field says.
     assert env[TERMINATION_MESSAGE_ENV]["value"] == container["terminationMessagePath"]
-    assert set(env) - {"HF_HUB_OFFLINE"} <= set(RESERVED_ENV_NAMES)
+    assert env[PROCESSES_ENV]["value"] == "1"  # one per GPU; the task's env may say otherwise
+    assert set(env) - {"HF_HUB_OFFLINE", PROCESSES_ENV} <= set(RESERVED_ENV_NAMES)
 
 
 def test_no_secret_values_and_no_token_without_service_account():
@@ -221,13 +227,28 @@ def test_threads_follow_the_cpu_limit_else_request(resources, env, expected) -> 
         (None, 0),
     ],
 )
-def test_a_trainer_with_several_gpus_gets_shared_memory_for_its_processes(resources, gpus) -> None:
+def test_a_trainer_with_several_gpus_runs_a_process_on_each_with_shared_memory(
+    resources, gpus
+) -> None:
     trainer = TrainerSpec.model_validate({"resources": resources})
     assert gpu_count(trainer) == gpus
     pod = manifest(trainer)["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env[PROCESSES_ENV] == str(max(1, gpus))
     mounts = pod["containers"][0].get("volumeMounts", [])
     if gpus > 1:
         assert pod["volumes"] == [{"name": "shm", "emptyDir": {"medium": "Memory"}}]
         assert mounts == [{"name": "shm", "mountPath": "/dev/shm"}]
     else:
         assert "volumes" not in pod and mounts == []
+
+
+def test_the_tasks_env_sets_the_process_count_over_the_gpus() -> None:
+    trainer = TrainerSpec.model_validate(
+        {
+            "resources": {"limits": {"nvidia.com/gpu": 4}},
+            "env": [{"name": PROCESSES_ENV, "value": "2"}],
+        }
+    )
+    env = manifest(trainer)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert [e["value"] for e in env if e["name"] == PROCESSES_ENV] == ["2"]

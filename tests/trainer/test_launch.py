@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from kubetune.contract import EXIT_BAD_INPUT, EXIT_OK, TrialResult
+from kubetune.contract import EXIT_BAD_INPUT, EXIT_OK, PROCESSES_ENV, TrialResult
 from kubetune_trainer.errors import InputError
 from kubetune_trainer.launch import (
-    PROCESSES_ENV,
     WORKER_MESSAGES_ENV,
     is_worker,
     process_count,

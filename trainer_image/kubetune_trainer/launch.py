@@ -8,10 +8,10 @@ the worker that failed first, or rank 0's summary. So the operator's Jobs, their
 rules and the termination message are the same for one GPU and for eight. `torchrun` itself
 would exit 1 for any failed worker, and a bad dataset would then look like a retryable crash.
 
-The process count is `KUBETUNE_PROCESSES` when set, else the number of CUDA devices the
-container sees (the GPUs the device plugin gave it), at least one. A process started by a
-launcher (`RANK` is set, as `torchrun` sets it) runs its rank of the trial and launches
-nothing.
+The process count is `KUBETUNE_PROCESSES` when set (the operator sets it from the GPUs the
+trainer asks for), else the number of CUDA devices the container sees, at least one. A
+process started by a launcher (`RANK` is set, as `torchrun` sets it) runs its rank of the
+trial and launches nothing.
 """
 
 from __future__ import annotations
@@ -25,12 +25,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubetune.contract import EXIT_INTERNAL_ERROR, EXIT_OK, EXIT_REASONS
+from kubetune.contract import EXIT_INTERNAL_ERROR, EXIT_OK, EXIT_REASONS, PROCESSES_ENV
 from kubetune_trainer.errors import InputError
 
 log = logging.getLogger(__name__)
 
-PROCESSES_ENV = "KUBETUNE_PROCESSES"
 WORKER_MESSAGES_ENV = "KUBETUNE_WORKER_MESSAGES"
 """Set by the launcher for its workers: the directory where each writes its termination
 message (`rank-N`), for the launcher to report one of them."""

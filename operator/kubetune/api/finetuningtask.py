@@ -614,7 +614,8 @@ class TrainerSpec(ApiModel):
         description="Container resources, GPUs included. A CPU limit (else request), rounded "
         "up, also sets the trainer's thread count, `OMP_NUM_THREADS`, unless `env` sets it. "
         "Given several GPUs, the trial runs one process per GPU (data parallel, in-batch "
-        "negatives gathered across them), and the Pod gets a memory-backed `/dev/shm`.",
+        "negatives gathered across them; `KUBETUNE_PROCESSES` in `env` sets another count), "
+        "and the Pod gets a memory-backed `/dev/shm`.",
     )
     node_selector: (
         Annotated[
