@@ -4,9 +4,17 @@ one container (exit code, termination message, result). On CPU the ranks use glo
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from kubetune.contract import EXIT_BAD_INPUT, EXIT_OK, PROCESSES_ENV, TrialResult
 from kubetune_trainer.errors import InputError
@@ -39,18 +47,68 @@ def test_a_launched_rank_writes_its_own_termination_message_and_launches_nothing
     assert worker_message_path({}) is None
 
 
-def test_two_processes_run_one_trial_and_report_it_once(tmp_path: Path, model_dir: Path) -> None:
-    config = tmp_path / "trial.json"
-    config.write_text(json.dumps(config_document(model_dir, tmp_path)))
-    code, message, stderr = run_cli(
-        tmp_path, "--config", str(config), **{PROCESSES_ENV: "2", "OMP_NUM_THREADS": "2"}
-    )
-    assert code == EXIT_OK, stderr[-3000:]
-    assert "launching 2 processes" in stderr
-    result = TrialResult.model_validate_json((tmp_path / "result.json").read_text())
+TWO = {PROCESSES_ENV: "2", "OMP_NUM_THREADS": "2"}
+
+
+@dataclass(frozen=True)
+class TwoProcessRun:
+    out: Path
+    code: int
+    message: str
+    stderr: str
+
+
+@pytest.fixture(scope="module")
+def two_process_run(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TwoProcessRun:
+    """A short trial on two processes, uninterrupted."""
+    out = tmp_path_factory.mktemp("two")
+    config = out / "trial.json"
+    config.write_text(json.dumps(config_document(model_dir, out)))
+    code, message, stderr = run_cli(out, "--config", str(config), **TWO)
+    return TwoProcessRun(out, code, message, stderr)
+
+
+def test_two_processes_run_one_trial_and_report_it_once(two_process_run: TwoProcessRun) -> None:
+    assert two_process_run.code == EXIT_OK, two_process_run.stderr[-3000:]
+    assert "launching 2 processes" in two_process_run.stderr
+    result = TrialResult.model_validate_json((two_process_run.out / "result.json").read_text())
     assert result.device == "2 x cpu"
     assert result.value > result.baseline_value
-    assert message.startswith("ok ndcg@10=") and message.count("\n") == 1
+    assert two_process_run.message.startswith("ok ndcg@10=")
+    assert two_process_run.message.count("\n") == 1
+
+
+def test_a_killed_two_process_trial_resumes_and_ends_where_an_uninterrupted_one_does(
+    two_process_run: TwoProcessRun, tmp_path: Path, model_dir: Path
+) -> None:
+    """Each process resumes its own random state (its own dropout masks), so the resumed
+    trial's model is the uninterrupted one's."""
+    document = config_document(model_dir, tmp_path)
+    document["hyperparameters"]["checkpoint_every_steps"] = 4
+    config = tmp_path / "trial.json"
+    config.write_text(json.dumps(document))
+    log = tmp_path / "killed.log"
+    with log.open("w") as stderr:
+        killed = subprocess.Popen(
+            [sys.executable, "-m", "kubetune_trainer", "--config", str(config)],
+            env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)} | TWO,
+            stderr=stderr,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 240
+        while "saved resumable state at step 4" not in log.read_text():
+            assert killed.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        os.killpg(killed.pid, signal.SIGKILL)  # the Pod is gone, every process with it
+        killed.wait()
+    code, _, stderr = run_cli(tmp_path, "--config", str(config), **TWO)
+    assert code == EXIT_OK, stderr[-3000:]
+    result = TrialResult.model_validate_json((tmp_path / "result.json").read_text())
+    assert result.resumed_from_step == 4
+    resumed = load_file(tmp_path / "model" / "model.safetensors")
+    straight = load_file(two_process_run.out / "model" / "model.safetensors")
+    for name, tensor in straight.items():
+        torch.testing.assert_close(resumed[name], tensor, atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_bad_data_on_two_processes_exits_2_with_the_ranks_message(

@@ -252,8 +252,22 @@ class Trainer:
         norm = self.buckets.norm() if self.buckets is not None else gradient_norm(grads)
         clip_in_step(self.optimizer, grads, norm, max_norm)
 
-    def state(self) -> dict[str, Any]:
-        """Everything needed to continue training from the current step."""
+    def _random_states(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Every process's random state (CPU, and CUDA where training runs there), by rank:
+        each process draws its own dropout masks. A collective: every process calls it."""
+        mine = (
+            torch.get_rng_state(),
+            torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        )
+        if self.world_size == 1:
+            return [mine]
+        everyone: list[Any] = [None] * self.world_size
+        dist.all_gather_object(everyone, mine)
+        return everyone
+
+    def state(self, random: list[tuple[torch.Tensor, torch.Tensor | None]]) -> dict[str, Any]:
+        """Everything needed to continue training from the current step; `random` is every
+        process's random state (`_random_states`)."""
         return {
             "step": self.step,
             "train_seconds": self.train_seconds,
@@ -262,10 +276,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state(self.device)
-            if self.device.type == "cuda"
-            else None,
+            "rng_cpu": [cpu.cpu() for cpu, _ in random],
+            "rng_cuda": [None if cuda is None else cuda.cpu() for _, cuda in random],
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -278,9 +290,12 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng_cpu"].cpu())
-        if state["rng_cuda"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), self.device)
+        # this process's own random state; with more processes than saved it, rank 0's
+        rank = self.rank if self.rank < len(state["rng_cpu"]) else 0
+        torch.set_rng_state(state["rng_cpu"][rank].cpu())
+        cuda = state["rng_cuda"][rank]
+        if cuda is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda.cpu(), self.device)
         self.step = self.resumed_from_step = int(state["step"])
         self.train_seconds = float(state["train_seconds"])
         self.samples = int(state["samples"])
@@ -343,9 +358,9 @@ class Trainer:
             done = self.step
             log_now = done % hyper.log_every_steps == 0 or done == total
             eval_now = hyper.eval_every_steps is not None and done % hyper.eval_every_steps == 0
+            # on every process: saving gathers their random states; the lead writes them
             save_now = (
-                self.save_state is not None
-                and hyper.checkpoint_every_steps is not None
+                hyper.checkpoint_every_steps is not None
                 and done % hyper.checkpoint_every_steps == 0
                 and done < total
             )
@@ -381,8 +396,10 @@ class Trainer:
             if eval_now and done < total and self.evaluate is not None:
                 self.observer.on_eval(done, self.evaluate())
                 self.encoder.train()
-            if save_now and self.save_state is not None:
-                self.save_state(self.state())
+            if save_now:
+                random = self._random_states()
+                if self.save_state is not None:
+                    self.save_state(self.state(random))
             window_start = time.perf_counter()
         return TrainOutcome(
             steps=self.step,
