@@ -41,21 +41,31 @@ def is_worker(environ: Mapping[str, str] = os.environ) -> bool:
     return "RANK" in environ
 
 
-def process_count(environ: Mapping[str, str] = os.environ) -> int:
-    """How many processes the trial runs: `KUBETUNE_PROCESSES`, else one per visible CUDA
-    device, at least one."""
-    configured = environ.get(PROCESSES_ENV)
-    if configured is not None:
-        try:
-            count = int(configured)
-        except ValueError:
-            count = 0
-        if count < 1:
-            raise InputError(f"{PROCESSES_ENV}={configured!r}: must be a whole number >= 1")
-        return count
+def visible_gpus() -> int:
+    """The CUDA devices this container sees (torch imported only here, so that a bad config is
+    reported before paying for that import)."""
     import torch
 
-    return max(1, torch.cuda.device_count())
+    return torch.cuda.device_count()
+
+
+def process_count(environ: Mapping[str, str] = os.environ, gpus: int | None = None) -> int:
+    """How many processes the trial runs: `KUBETUNE_PROCESSES`, else one per visible CUDA
+    device (`gpus`, counted when not given), at least one. With GPUs, one each: no more
+    processes than GPUs."""
+    gpus = visible_gpus() if gpus is None else gpus
+    configured = environ.get(PROCESSES_ENV)
+    if configured is None:
+        return max(1, gpus)
+    try:
+        count = int(configured)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise InputError(f"{PROCESSES_ENV}={configured!r}: must be a whole number >= 1")
+    if 0 < gpus < count:
+        raise InputError(f"{PROCESSES_ENV}={count}, but the trainer sees {gpus} GPUs")
+    return count
 
 
 def worker_message_path(environ: Mapping[str, str] = os.environ) -> Path | None:
