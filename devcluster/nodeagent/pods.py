@@ -1,6 +1,11 @@
 """Pod directories and processes on the host: volumes, logs, the termination-message file,
 and the record of process groups that lets ``devcluster down`` kill every pod process,
 even ones a crashed node agent left behind.
+
+A container's end takes every process in it, also those that left its process group for a
+session of their own (PyTorch's elastic launcher starts its ranks so). The agent therefore
+remembers each running container's descendants and kills the ones still alive when the
+container's main process ends or is killed.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from devcluster.nodeagent.cpu import PodCpu
 from devcluster.nodeagent.podspec import ProcessSpec
@@ -106,6 +113,7 @@ class PodProcess:
     finished: bool = False
     restart_after: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    descendants: list[psutil.Process] = field(default_factory=list)
 
     @property
     def log_path(self) -> Path:
@@ -133,20 +141,45 @@ class PodProcess:
         self.started_at = now
 
     def poll(self) -> int | None:
-        return None if self.popen is None else self.popen.poll()
+        """The main process's exit code, or None while it runs; once it has ended, what it
+        left running is killed."""
+        if self.popen is None:
+            return None
+        exit_code = self.popen.poll()
+        if exit_code is None:
+            self._remember_descendants()
+        else:
+            self._kill_leftovers()
+        return exit_code
 
     def kill(self, grace_seconds: float) -> None:
         """SIGTERM the pod's process group, SIGKILL after the grace period, keep the exit code."""
         if self.popen is not None:
             pgid = self.popen.pid
+            self._remember_descendants()
             _signal_group(pgid, signal.SIGTERM)
             try:
                 self.popen.wait(timeout=grace_seconds)
             except subprocess.TimeoutExpired:
                 _signal_group(pgid, signal.SIGKILL)
                 self.popen.wait()
-            _signal_group(pgid, signal.SIGKILL)  # children that outlived the leader
+            self._kill_leftovers()
         (self.directory / "pgid").unlink(missing_ok=True)
+
+    def _remember_descendants(self) -> None:
+        assert self.popen is not None
+        with contextlib.suppress(psutil.Error):
+            self.descendants = psutil.Process(self.popen.pid).children(recursive=True)
+
+    def _kill_leftovers(self) -> None:
+        """SIGKILL the process group and every remembered descendant still running (psutil
+        checks that a pid still names the process it remembered)."""
+        assert self.popen is not None
+        _signal_group(self.popen.pid, signal.SIGKILL)
+        for process in self.descendants:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        self.descendants = []
 
     def log_tail(self, max_bytes: int = 2048) -> str:
         if not self.log_path.exists():

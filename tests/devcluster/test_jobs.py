@@ -208,3 +208,43 @@ def test_missing_secret_keeps_the_pod_waiting_with_a_reason(
 
     reason = wait_for(waiting_reason, "CreateContainerConfigError")
     assert reason == 'CreateContainerConfigError: secret "absent" not found'
+
+
+_SPAWNS_A_SESSION_CHILD = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                         start_new_session=True)
+print("child", child.pid, flush=True)
+time.sleep(float(sys.argv[1]))
+"""
+
+
+def _session_child(info: ClusterInfo, core: client.CoreV1Api, namespace: str, job: str) -> int:
+    """The pid of the child that a `_SPAWNS_A_SESSION_CHILD` pod printed in its log."""
+
+    def printed() -> int | None:
+        for pod in _pods(core, namespace, job):
+            for line in _devcluster_logs(info, namespace, pod.metadata.name).splitlines():
+                if line.startswith("child "):
+                    return int(line.split()[1])
+        return None
+
+    return wait_for(printed, "the pod's child started")
+
+
+def test_a_container_s_end_takes_the_processes_that_left_its_group(
+    batch: client.BatchV1Api, core: client.CoreV1Api, namespace: str, devcluster: ClusterInfo
+) -> None:
+    """As a container's end takes every process in it: the child started its own session
+    (as PyTorch's elastic launcher starts its ranks), so the process group's signals miss it."""
+    command = ["python", "-c", _SPAWNS_A_SESSION_CHILD]
+    batch.create_namespaced_job(namespace, job_manifest("ends", [*command, "4"]))
+    ended = _session_child(devcluster, core, namespace, "ends")
+    wait_for(lambda: _job_condition(batch, namespace, "ends", "Complete"), "Job Complete")
+    wait_for(lambda: not is_alive(ended), "the ended container's child killed", timeout=40)
+
+    batch.create_namespaced_job(namespace, job_manifest("deleted", [*command, "600"]))
+    deleted = _session_child(devcluster, core, namespace, "deleted")
+    assert is_alive(deleted)
+    batch.delete_namespaced_job("deleted", namespace, propagation_policy="Background")
+    wait_for(lambda: not is_alive(deleted), "the deleted container's child killed", timeout=40)
