@@ -224,6 +224,8 @@ def _session_child(info: ClusterInfo, core: client.CoreV1Api, namespace: str, jo
 
     def printed() -> int | None:
         for pod in _pods(core, namespace, job):
+            if pod.status.phase == "Pending":  # no log yet
+                continue
             for line in _devcluster_logs(info, namespace, pod.metadata.name).splitlines():
                 if line.startswith("child "):
                     return int(line.split()[1])
