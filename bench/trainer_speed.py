@@ -33,8 +33,7 @@ a window with a recording is no steady state, and the warm-up must outlast them.
 `--flash-varlen` and `--separate-qkv` put back the packed path's attention kernel and its
 query, key and value projections of before 2026-12-04, and `--float32-residual` and
 `--torch-dropout` its float32 residual stream and PyTorch's hidden dropout (the trainer's
-until the third session of 2026-12-04), and `--unpacked-masks` the unpacking of the keep bits
-that left the backward unpacked masks (until the fourth), and `--strict-mix-order` Inductor's
+until the third session of 2026-12-04), and `--strict-mix-order` Inductor's
 guarded layer-norm fusion (until 2026-12-05), to compare on the same machine;
 `--candidate NAME` puts in a change of `bench/candidates.py` that is not yet in the trainer,
 and `--inductor NAME=VALUE` an Inductor setting. With `--profile DIR` it times nothing and
@@ -66,7 +65,6 @@ import torch.distributed as dist
 from trace_timeline import timeline
 
 from kubetune.contract import DataSpec, TrialConfig
-from kubetune_trainer import dropout as dropout_module
 from kubetune_trainer import model as model_module
 from kubetune_trainer import train as train_module
 from kubetune_trainer.batching import TokenizedExamples
@@ -204,13 +202,6 @@ def torch_dropout(module: torch.nn.Module, states: torch.Tensor) -> torch.Tensor
     """The packed path's hidden dropout before its keep-bit kernel (`--torch-dropout`):
     PyTorch's."""
     return module(states)
-
-
-def arange_shifts(device: torch.device) -> torch.Tensor:
-    """The keep-bit dropout's unpacking shifts before the fourth session of 2026-12-04
-    (`--unpacked-masks`): one `torch.arange`, which a compiled graph shares among its
-    dropouts, so that its backward keeps every later layer's unpacked mask instead of bits."""
-    return torch.arange(8, device=device, dtype=torch.uint8)
 
 
 def strict_mix_order(cuda_graphs: bool) -> dict[str, Any]:
@@ -530,12 +521,6 @@ def main() -> None:
         "2026-12-04)",
     )
     parser.add_argument(
-        "--unpacked-masks",
-        action="store_true",
-        help="unpack the keep bits with one shared arange, so that the backward keeps unpacked "
-        "masks (the trainer's until the fourth session of 2026-12-04)",
-    )
-    parser.add_argument(
         "--strict-mix-order",
         action="store_true",
         help="fuse a layer norm's backward reductions only on large batches, guarding the "
@@ -589,8 +574,6 @@ def main() -> None:
         model_module._hidden_norm = float32_residual
     if args.torch_dropout:
         model_module._hidden_dropout = torch_dropout
-    if args.unpacked_masks:
-        dropout_module._unpacking_shifts = arange_shifts
     if args.strict_mix_order:
         train_module.inductor_options = strict_mix_order
     if args.cuda_graphs or (args.cuda_graphs is None and process.world_size > 1):

@@ -342,33 +342,3 @@ def test_the_packed_hidden_dropout_draws_its_masks_from_the_keep_bit_kernel(
     assert not torch.allclose(with_bits, with_torch)
     moved = [(x - still).norm() / still.norm() for x in (with_bits, with_torch)]
     assert 0.3 < moved[0] / moved[1] < 3
-
-
-def test_the_compiled_packed_forward_keeps_the_bits_of_every_hidden_dropout(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Compiled with the partitioner that Inductor uses (backend `aot_eager_decomp_partition`),
-    what the backward keeps of each hidden dropout (the embeddings', and two a layer) is its
-    keep bits, a bit per value, not an unpacked mask of a byte per value: with one shared
-    `arange` for the unpacking, every layer after the first kept the unpacked mask."""
-    monkeypatch.setattr(dropout_module, "KERNEL_DEVICES", {"cuda", "cpu"})
-    torch._dynamo.reset()  # a graph compiled before the patch would run PyTorch's dropout
-    texts = packed_texts()
-    encoder = tiny_encoder()
-    encoder.train()
-    compiled = torch.compile(encoder, dynamic=True, backend="aot_eager_decomp_partition")
-    kept: list[tuple[tuple[int, ...], torch.dtype]] = []
-
-    def keep(tensor: torch.Tensor) -> torch.Tensor:
-        kept.append((tuple(tensor.shape), tensor.dtype))
-        return tensor
-
-    with (
-        torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor),
-        torch.autocast("cpu", dtype=torch.bfloat16),
-    ):
-        embed(compiled, texts, 64)
-    hidden = encoder.transformer.config.hidden_size
-    layers = encoder.transformer.config.num_hidden_layers
-    masks = [shape for shape, dtype in kept if dtype == torch.uint8]
-    assert masks == [(texts.tokens * hidden // 8,)] * (1 + 2 * layers)

@@ -4,7 +4,11 @@ Why: BERT drops out its hidden states 25 times a step (the embeddings, and after
 attention and feed-forward), each over every token's hidden vector. PyTorch's dropout, and
 Inductor's, make one Philox call (ten rounds of 32-bit multiplies) per value and keep a byte
 per value for the backward. Here a Triton kernel draws eight 16-bit values per Philox call
-and packs eight keep bits into a byte; the backward recomputes the mask from the bits.
+and packs eight keep bits into a byte. Compiled, the unpacking of the bits fuses into the
+kernels around it; one `arange` of shifts serves every dropout of the graph, so the backward
+keeps most layers' unpacked masks (a byte per value) rather than recomputing them. Keeping
+the bits instead (a constant of shifts per call) measured 17% slower on an H200, with the
+GPU waiting on the host (docs/benchmarks.md, 2026-12-05).
 Measured on an H200 as a benchmark candidate, with BERT-base at batch 256, this and the bf16
 residual stream (`kubetune_trainer.model`) made a training step 3.7% faster, at the same
 quality over three seeds (docs/benchmarks.md).
@@ -26,7 +30,6 @@ DRAW_LEVELS = 1 << 16
 """Each keep draw is 16 bits."""
 
 _BLOCK = 1024
-_SHIFTS = tuple(range(8))
 
 KERNEL_DEVICES = {"cuda"}
 """The device types on which `dropout` runs the kernel. Tests add "cpu": with
@@ -70,26 +73,11 @@ def _keep_bits_shape(seed: Tensor, values: int, threshold: int) -> Tensor:
     return seed.new_empty(((values + 7) // 8,), dtype=torch.uint8)
 
 
-def _unpacking_shifts(device: torch.device) -> Tensor:
-    """The shifts that unpack a byte of keep bits; when compiled, a constant of each call's own.
-
-    Why not `torch.arange` there: one arange node would serve every dropout of a compiled
-    graph (common subexpressions are merged), and as it is then used in layers far apart, the
-    partitioner would not recompute the unpacking in the backward. It would keep each later
-    layer's unpacked mask, a byte per value instead of a bit, written by a kernel of its own
-    (`tests/trainer/test_model.py`). Run eagerly, a constant would be a copy from the host
-    on every call, and an arange is one small kernel."""
-    if not torch.compiler.is_compiling():
-        return torch.arange(8, device=device, dtype=torch.uint8)
-    return torch.tensor(_SHIFTS, dtype=torch.uint8, device=device)
-
-
 def bit_dropout(states: Tensor, p: float) -> Tensor:
-    """Dropout at rate `p` with its mask from `keep_bits`. Under `torch.compile` the bits'
-    unpacking fuses into the kernels around it, and the bits are what the backward keeps."""
+    """Dropout at rate `p` with its mask from `keep_bits`, unpacked by shifts."""
     seed = torch.randint(0, 1 << 62, (1,), device=states.device)
     bits = keep_bits(seed, states.numel(), round(p * DRAW_LEVELS))
-    shifts = _unpacking_shifts(states.device)
+    shifts = torch.arange(8, device=states.device, dtype=torch.uint8)
     keep = ((bits.unsqueeze(1) >> shifts) & 1).view(-1)[: states.numel()].view_as(states)
     return states * keep.to(states.dtype) * (1.0 / (1.0 - p))
 
