@@ -114,6 +114,7 @@ class PodProcess:
     restart_after: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
     descendants: list[psutil.Process] = field(default_factory=list)
+    ended: bool = False
 
     @property
     def log_path(self) -> Path:
@@ -136,6 +137,7 @@ class PodProcess:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
+        self.ended = False
         cpu.lower(self.popen.pid)
         (self.directory / "pgid").write_text(str(self.popen.pid))
         self.started_at = now
@@ -154,7 +156,7 @@ class PodProcess:
 
     def kill(self, grace_seconds: float) -> None:
         """SIGTERM the pod's process group, SIGKILL after the grace period, keep the exit code."""
-        if self.popen is not None:
+        if self.popen is not None and not self.ended:
             pgid = self.popen.pid
             self._remember_descendants()
             _signal_group(pgid, signal.SIGTERM)
@@ -173,8 +175,12 @@ class PodProcess:
 
     def _kill_leftovers(self) -> None:
         """SIGKILL the process group and every remembered descendant still running (psutil
-        checks that a pid still names the process it remembered)."""
+        checks that a pid still names the process it remembered). Once per start: later, the
+        group's id may name another pod's group."""
         assert self.popen is not None
+        if self.ended:
+            return
+        self.ended = True
         _signal_group(self.popen.pid, signal.SIGKILL)
         for process in self.descendants:
             with contextlib.suppress(psutil.Error):
