@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
@@ -31,6 +32,7 @@ from devcluster.nodeagent.pods import (
     kill_recorded_pods,
     pod_dir,
     prepare_volumes,
+    process_children,
 )
 
 log = logging.getLogger("devcluster.nodeagent")
@@ -116,6 +118,7 @@ class NodeAgent:
         self.cache = PodCache(core)
         self.cpu = PodCpu(state_dir)
         self.processes: dict[str, PodProcess] = {}
+        self._next_process_scan = 0.0
         self.deleting: set[str] = set()
         self.config_retry_at: dict[str, float] = {}
         self._last_heartbeat = 0.0
@@ -212,12 +215,23 @@ class NodeAgent:
             if p["spec"].get("nodeName") == self.node_name
             and p.get("status", {}).get("phase") not in TERMINAL
         )
+        children = self._process_children()
         for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", "")):
             node = pod["spec"].get("nodeName")
             if not node:
                 used_gpus += self._schedule(pod, self.gpus - used_gpus)
             elif node == self.node_name:
-                self._sync_pod(pod)
+                self._sync_pod(pod, children)
+
+    def _process_children(self) -> dict[int, list[psutil.Process]] | None:
+        """The process table by parent, at most once a second and only while a container
+        runs: the pods' descendants, remembered from it, are killed when their container
+        ends (`PodProcess.poll`)."""
+        now = time.monotonic()
+        if now < self._next_process_scan or all(p.finished for p in self.processes.values()):
+            return None
+        self._next_process_scan = now + 1.0
+        return process_children()
 
     # -- scheduling -------------------------------------------------------------------
     def _schedule(self, pod: Mapping[str, Any], free_gpus: int) -> int:
@@ -272,7 +286,9 @@ class NodeAgent:
         )
 
     # -- kubelet ----------------------------------------------------------------------
-    def _sync_pod(self, pod: dict[str, Any]) -> None:
+    def _sync_pod(
+        self, pod: dict[str, Any], children: dict[int, list[psutil.Process]] | None
+    ) -> None:
         meta = pod["metadata"]
         uid = meta["uid"]
         phase = pod.get("status", {}).get("phase", "Pending")
@@ -288,7 +304,7 @@ class NodeAgent:
             return
         if process.finished:
             return
-        exit_code = process.poll()
+        exit_code = process.poll(children)
         if exit_code is None:
             if process.restart_after and time.monotonic() >= process.restart_after:
                 process.restart_after = 0.0

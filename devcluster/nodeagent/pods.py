@@ -4,8 +4,9 @@ even ones a crashed node agent left behind.
 
 A container's end takes every process in it, also those that left its process group for a
 session of their own (PyTorch's elastic launcher starts its ranks so). The agent therefore
-remembers each running container's descendants and kills the ones still alive when the
-container's main process ends or is killed.
+remembers each running container's descendants (from one scan of the process table a
+second, shared by all pods) and kills the ones still alive when the container's main process
+ends or is killed.
 """
 
 from __future__ import annotations
@@ -142,14 +143,16 @@ class PodProcess:
         (self.directory / "pgid").write_text(str(self.popen.pid))
         self.started_at = now
 
-    def poll(self) -> int | None:
+    def poll(self, children: Mapping[int, list[psutil.Process]] | None = None) -> int | None:
         """The main process's exit code, or None while it runs; once it has ended, what it
-        left running is killed."""
+        left running is killed. `children` (from `process_children`) refreshes the
+        descendants remembered."""
         if self.popen is None:
             return None
         exit_code = self.popen.poll()
         if exit_code is None:
-            self._remember_descendants()
+            if children is not None:
+                self.descendants = _descendants(self.popen.pid, children)
         else:
             self._kill_leftovers()
         return exit_code
@@ -193,6 +196,24 @@ class PodProcess:
         with self.log_path.open("rb") as f:
             f.seek(max(0, self.log_path.stat().st_size - max_bytes))
             return f.read().decode(errors="replace")
+
+
+def process_children() -> dict[int, list[psutil.Process]]:
+    """Every process by its parent's pid: one pass over the process table."""
+    children: dict[int, list[psutil.Process]] = {}
+    for process in psutil.process_iter(["ppid"]):
+        children.setdefault(process.info["ppid"], []).append(process)
+    return children
+
+
+def _descendants(pid: int, children: Mapping[int, list[psutil.Process]]) -> list[psutil.Process]:
+    found: list[psutil.Process] = []
+    parents = [pid]
+    while parents:
+        for child in children.get(parents.pop(), []):
+            found.append(child)
+            parents.append(child.pid)
+    return found
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
