@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # 30). Tests sharing a cluster of their own stay on one worker (tests/conftest.py).
 TEST_WORKERS ?= 2
 
-.PHONY: help install lint format generate verify test test-unit up down demo demo-down
+.PHONY: help install lint format generate verify test test-unit up down image demo demo-down
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ up: ## start (or reuse) a local devcluster
 
 down: ## stop the local devcluster and remove its state
 	$(PYTHON) -m devcluster down
+
+image: ## build the trainer image with buildah (no Docker engine needed)
+	$(PYTHON) -m devcluster image
 
 demo: install ## start a devcluster, run a real fine-tuning iteration, show it live
 	$(PYTHON) -m devcluster.demo up

@@ -1,4 +1,4 @@
-"""``python -m devcluster up | down | env | status | logs POD | build``."""
+"""``python -m devcluster up | down | env | status | logs POD | build | image``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from devcluster import build, cluster
+from devcluster import build, cluster, images
 from devcluster.nodeagent.pods import find_log
 from devcluster.processes import ComponentFailedError, is_alive
 from devcluster.state import ClusterInfo, default_state_dir
@@ -35,16 +35,31 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("env", help="print the env file: source <(python -m devcluster env)")
     commands.add_parser("status", help="print each component and whether it runs")
     commands.add_parser("build", help="build (or find cached) every binary and print paths")
+    image = commands.add_parser(
+        "image", help="build images with buildah (no Docker engine needed) and print their names"
+    )
+    image.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"{', '.join(images.RECIPES)} (default: all)"
+    )
+    image.add_argument(
+        "--python-image",
+        help="the Dockerfile's PYTHON_IMAGE; default: one bootstrapped from Debian packages",
+    )
     logs = commands.add_parser("logs", help="print a pod's container log")
     logs.add_argument("pod")
     logs.add_argument("-n", "--namespace", default="default")
     args = parser.parse_args(argv)
+    if args.command == "image" and set(args.names) - set(images.RECIPES):
+        parser.error(f"image: choose from {', '.join(images.RECIPES)}")
     state_dir: Path = args.state_dir
 
     try:
         if args.command == "build":
             for name, path in build.ensure_all().items():
                 print(f"{name}\t{path}")
+        elif args.command == "image":
+            for name in args.names or images.RECIPES:
+                print(images.build_image(images.RECIPES[name], python_image=args.python_image))
         elif args.command == "up":
             info = cluster.up(state_dir, gpus=args.gpus)
             print(
@@ -80,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"no log for pod {args.namespace}/{args.pod}", file=sys.stderr)
                 return 1
             sys.stdout.write(path.read_text(errors="replace"))
-    except (build.MissingPrerequisiteError, ComponentFailedError) as error:
+    except (build.MissingPrerequisiteError, ComponentFailedError, images.ImageError) as error:
         print(f"devcluster: {error}", file=sys.stderr)
         return 2
     return 0

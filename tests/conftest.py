@@ -124,6 +124,10 @@ under pytest-xdist each runs whole on one worker, and first, as they are the lon
 SHARED_FIXTURE_MODULES = ("tests/trainer/test_training.py",)
 """Test modules whose tests share a costly module-scoped fixture (a whole trial): on one
 worker the fixture runs once, not once per worker."""
+IMAGE_MODULES = ("tests/trainer_image/test_image.py", "tests/operator/test_image.py")
+"""Test modules that build images: one worker runs them all, so that two builds never
+share (and prune) buildah's store at once."""
+IMAGE_GROUP = "images"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -131,17 +135,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "devcluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.e2e)
-    groups = (*SHARED_CLUSTER_GROUPS, *SHARED_FIXTURE_MODULES)
+    groups = (*SHARED_CLUSTER_GROUPS, IMAGE_GROUP, *SHARED_FIXTURE_MODULES)
     order = {group: rank for rank, group in enumerate(groups)}
     items.sort(key=lambda item: order.get(worker_group(item.nodeid) or "", len(order)))
 
 
 def worker_group(nodeid: str) -> str | None:
     """The tests that must share one worker: `helm` for `tests/helm/test_x.py::test_y`, the
-    module for a test of `SHARED_FIXTURE_MODULES`; None for a test that may go anywhere."""
+    module for a test of `SHARED_FIXTURE_MODULES`, `images` for those of `IMAGE_MODULES`;
+    None for a test that may go anywhere."""
     module = nodeid.split("::", 1)[0]
     if module in SHARED_FIXTURE_MODULES:
         return module
+    if module in IMAGE_MODULES:
+        return IMAGE_GROUP
     parts = module.split("/")
     in_tests = len(parts) > 2 and parts[0] == "tests"
     return parts[1] if in_tests and parts[1] in SHARED_CLUSTER_GROUPS else None

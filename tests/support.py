@@ -1,10 +1,16 @@
-"""Small helpers shared by tests: polling with a clear failure message, Job manifests."""
+"""Small helpers shared by tests: polling with a clear failure message, Job manifests, image
+builds that fail with their log."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
+
+import pytest
+
+from devcluster import images
 
 T = TypeVar("T")
 
@@ -49,3 +55,14 @@ def job_manifest(
     if active_deadline is not None:
         spec["activeDeadlineSeconds"] = active_deadline
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}, "spec": spec}
+
+
+def built_image(recipe: images.ImageRecipe, log_path: Path) -> str:
+    """Builds the image (cached layers make a rebuild quick); a failure shows the end of
+    the build's log."""
+    with log_path.open("w") as log:
+        try:
+            return images.build_image(recipe, log=log)
+        except images.ImageError as error:
+            tail = log_path.read_text()[-6000:]
+            pytest.fail(f"{error}\n--- build log (end) ---\n{tail}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 
 import kopf
 
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> None:
         namespaces=namespaces,
         clusterwide=not namespaces,
         liveness_endpoint=args.liveness,
+        # kopf otherwise names itself after the user, and a pod's numeric user (the image's
+        # 65532, or any a platform assigns) has no passwd entry: getpwuid would fail.
+        identity=os.environ.get("KUBETUNE_POD_NAME") or socket.gethostname(),
     )
 
 
