@@ -32,8 +32,9 @@ _BASE_ENV = {
 }
 # The CA bundle every Debian-based image has; a build gets the host's mounted over it.
 _IMAGE_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+# The host's bundle: the first of these variables that names a file, else Debian's place.
 _HOST_CA_VARIABLES = ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
-_HOST_CA_DEFAULT = Path("/etc/ssl/certs/ca-certificates.crt")
+_HOST_CA_DEFAULT = Path(_IMAGE_CA_BUNDLE)
 
 
 @dataclass(frozen=True)
@@ -212,14 +213,26 @@ def _prune(log: TextIO) -> None:
         print("images: some unused images stay (see above); the build stands", file=log)
 
 
+def create_container(image: str, name: str | None = None) -> str:
+    """A fresh working container of a local image (never pulled); returns its name or id."""
+    named = [f"--name={name}"] if name else []
+    return _buildah("from", "--quiet", "--pull=never", *named, image).strip()
+
+
+def remove_container(container: str) -> None:
+    """Removes a working container; one already gone is fine."""
+    buildah = _require("buildah")
+    subprocess.run([buildah, "rm", container], capture_output=True, check=False)
+
+
 @contextmanager
 def container_of(image: str) -> Iterator[str]:
     """A fresh working container of a local image, removed afterwards."""
-    container = _buildah("from", "--quiet", "--pull=never", image).strip()
+    container = create_container(image)
     try:
         yield container
     finally:
-        _buildah("rm", container)
+        remove_container(container)
 
 
 def run_command(
@@ -228,23 +241,27 @@ def run_command(
     argv: Sequence[str],
     env: Mapping[str, str],
     mounts: Sequence[Mount] = (),
+    user: str | None = None,
+    working_dir: str | None = None,
 ) -> list[str]:
-    """The command that runs `argv` in `container` as the image's user and working
-    directory, on the host's network, with only the image's and the given environment."""
+    """The command that runs `argv` in `container` on the host's network, with only the
+    image's and the given environment, as `user` in `working_dir` (default: the image's)."""
     config = image_config(image)
-    command = [
+    user = user or config.get("User")
+    working_dir = working_dir or config.get("WorkingDir")
+    return [
         _require("buildah"),
         "run",
         "--isolation=chroot",
         "--network=host",
         *(f"--volume={mount.option()}" for mount in mounts),
         *(f"--env={name}={value}" for name, value in env.items()),
+        *([f"--user={user}"] if user else []),
+        *([f"--workingdir={working_dir}"] if working_dir else []),
+        container,
+        "--",
+        *argv,
     ]
-    if config.get("User"):
-        command.append(f"--user={config['User']}")
-    if config.get("WorkingDir"):
-        command.append(f"--workingdir={config['WorkingDir']}")
-    return [*command, container, "--", *argv]
 
 
 def run_in_image(

@@ -2,7 +2,8 @@
 
 It registers a Node with CPU, memory and ``nvidia.com/gpu`` capacity, keeps a watch-fed
 cache of pods, binds unscheduled pods that fit, runs each bound pod's container as a
-process group, and reports Running and then Succeeded/Failed with the exit code and
+process group (inside its image with buildah, for one of this machine's `localhost/`
+images), and reports Running and then Succeeded/Failed with the exit code and
 termination message. The Job, garbage-collector and namespace controllers of the real
 kube-controller-manager do everything else.
 """
@@ -24,6 +25,7 @@ import psutil
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
+from devcluster import images
 from devcluster.nodeagent import podspec
 from devcluster.nodeagent.cpu import PodCpu
 from devcluster.nodeagent.pods import (
@@ -357,18 +359,29 @@ class NodeAgent:
             if missing:
                 raise podspec.PodConfigError(f"volume source {missing[0]!r} not found")
             mounts = prepare_volumes(directory, pod, volume_secrets, volume_maps)
-            spec = podspec.process_spec(
-                pod,
-                secret,
-                config_map,
-                self._base_env(pod, directory),
-                mounts,
-                str(directory / "termination-log"),
-            )
+            image = podspec.local_image(pod)
+            if image is None:
+                container = None
+                spec = podspec.process_spec(
+                    pod,
+                    secret,
+                    config_map,
+                    self._base_env(pod, directory),
+                    mounts,
+                    str(directory / "termination-log"),
+                )
+            else:
+                container, spec = self._in_image(pod, image, secret, config_map, mounts, directory)
         except podspec.PodConfigError as error:
             self.config_retry_at[uid] = time.monotonic() + 2
             self._patch_status(
                 pod, podspec.waiting_status(pod, "CreateContainerConfigError", str(error), now)
+            )
+            return
+        except images.ImageError as error:
+            self.config_retry_at[uid] = time.monotonic() + 2
+            self._patch_status(
+                pod, podspec.waiting_status(pod, "ErrImageNeverPull", str(error), now)
             )
             return
         if process is None:
@@ -383,8 +396,10 @@ class NodeAgent:
         else:
             process.restarts += 1
         try:
-            process.start(spec, now, self.cpu)
+            process.start(spec, now, self.cpu, container)
         except OSError as error:
+            if container is not None:
+                images.remove_container(container)
             process.finished = True
             self._patch_status(
                 pod,
@@ -415,6 +430,52 @@ class NodeAgent:
                 pod, now, process.popen.pid, process.restarts, process.start_time
             ),
         )
+
+    def _in_image(
+        self,
+        pod: Mapping[str, Any],
+        image: str,
+        secret: podspec.SecretLookup,
+        config_map: podspec.SecretLookup,
+        mounts: Mapping[str, str],
+        directory: Path,
+    ) -> tuple[str, podspec.ProcessSpec]:
+        """A fresh working container of the pod's image, and the `buildah run` that runs
+        the pod's container in it."""
+        if not images.image_exists(image):
+            raise images.ImageError(
+                f"image {image} is not in this machine's store (never pulled): "
+                "build it with python -m devcluster image"
+            )
+        termination_log = directory / "termination-log"
+        spec = podspec.container_spec(
+            pod, image, images.image_config(image), secret, config_map, mounts, str(termination_log)
+        )
+        # Volumes are writable by any user, as kubelet's emptyDir is; the image's user is
+        # not this machine's.
+        termination_log.touch()
+        for host_path in map(Path, spec.mounts.values()):
+            host_path.chmod(0o777 if host_path.is_dir() else 0o666)
+        container = images.create_container(image)
+        argv = images.run_command(
+            image,
+            container,
+            spec.argv,
+            spec.env,
+            [
+                images.Mount(Path(host), target, read_only=False)
+                for target, host in spec.mounts.items()
+            ],
+            user=spec.user,
+            working_dir=spec.working_dir,
+        )
+        process_spec = podspec.ProcessSpec(
+            argv=argv,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            cwd=None,
+            termination_message_path=str(termination_log),
+        )
+        return container, process_spec
 
     def _base_env(self, pod: Mapping[str, Any], directory: Path) -> dict[str, str]:
         python_bin = str(Path(sys.executable).parent)

@@ -24,6 +24,7 @@ from typing import Any
 
 import psutil
 
+from devcluster.images import remove_container
 from devcluster.nodeagent.cpu import PodCpu
 from devcluster.nodeagent.podspec import ProcessSpec
 
@@ -116,6 +117,8 @@ class PodProcess:
     extra: dict[str, Any] = field(default_factory=dict)
     descendants: list[psutil.Process] = field(default_factory=list)
     ended: bool = False
+    container: str | None = None
+    """The buildah working container of a start in an image, removed at its end."""
 
     @property
     def log_path(self) -> Path:
@@ -125,9 +128,14 @@ class PodProcess:
     def termination_log(self) -> Path:
         return self.directory / "termination-log"
 
-    def start(self, spec: ProcessSpec, now: str, cpu: PodCpu) -> None:
+    def start(self, spec: ProcessSpec, now: str, cpu: PodCpu, container: str | None = None) -> None:
+        """Starts the process; `container`, where the process runs one, is then the pod's
+        to remove."""
         self.termination_log.write_text("")
         (self.directory / "home").mkdir(exist_ok=True)
+        self.container = container
+        if container is not None:
+            (self.directory / "container").write_text(container)
         with self.log_path.open("ab") as log:
             self.popen = subprocess.Popen(
                 spec.argv,
@@ -189,6 +197,10 @@ class PodProcess:
             with contextlib.suppress(psutil.Error):
                 process.kill()
         self.descendants = []
+        if self.container is not None:
+            remove_container(self.container)
+            (self.directory / "container").unlink(missing_ok=True)
+            self.container = None
 
     def log_tail(self, max_bytes: int = 2048) -> str:
         if not self.log_path.exists():
@@ -222,7 +234,8 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 
 def kill_recorded_pods(state_dir: Path) -> None:
-    """Kill every pod process group still recorded (used by down, and at agent start)."""
+    """Kill every pod process group still recorded, and remove the working containers of
+    those that ran in an image (used by down, and at agent start)."""
     root = pods_root(state_dir)
     if not root.exists():
         return
@@ -234,3 +247,6 @@ def kill_recorded_pods(state_dir: Path) -> None:
             pass
         pgid_file.unlink(missing_ok=True)
     time.sleep(0.1)
+    for container_file in root.glob("*/container"):
+        remove_container(container_file.read_text().strip())
+        container_file.unlink(missing_ok=True)

@@ -1,9 +1,11 @@
 """Pure translations between a Pod object and a local process: environment, paths, status.
 
-The node agent plays kubelet without containers, so a pod's container becomes a process
-on this machine. These functions decide what that process gets (its environment with
-Secret, ConfigMap and field references resolved; container paths remapped to the pod's
-directories) and what the pod's status says about it. No I/O here.
+The node agent plays kubelet. A container of one of this machine's images (`localhost/`)
+runs in its image (`container_spec`); any other becomes a process on this machine
+(`process_spec`). These functions decide what that container or process gets (its
+environment with Secret, ConfigMap and field references resolved; volumes; for a process,
+container paths remapped to the pod's directories) and what the pod's status says about
+it. No I/O here.
 """
 
 from __future__ import annotations
@@ -165,6 +167,81 @@ def process_spec(
         env=env,
         cwd=remap_paths(working_dir, all_mounts) if working_dir else None,
         termination_message_path=termination_log,
+    )
+
+
+LOCAL_IMAGE_PREFIX = "localhost/"
+"""Images of this name live in buildah's store on this machine (`python -m devcluster
+image` builds them there); the agent runs containers of such images in the image."""
+IMAGE_TERMINATION_MESSAGE_PATH = "/run/devcluster/termination-log"
+"""Where an image's container finds its termination-message file. buildah's chroot
+isolation gives a container this machine's /dev, read-only, so the file cannot be bound at
+kubelet's default /dev/termination-log; that path is rewritten to this one."""
+
+
+def local_image(pod: Mapping[str, Any]) -> str | None:
+    """The first container's image where it is one of this machine's, else None."""
+    image = str(pod["spec"]["containers"][0].get("image") or "")
+    return image if image.startswith(LOCAL_IMAGE_PREFIX) else None
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """What to run for a pod's (first) container inside its image."""
+
+    image: str
+    argv: list[str]
+    env: dict[str, str]
+    mounts: dict[str, str]
+    """Container path -> host path."""
+    user: str | None
+    working_dir: str | None
+
+
+def _user(pod: Mapping[str, Any], container: Mapping[str, Any]) -> str | None:
+    """runAsUser/runAsGroup, the container's over the pod's, as buildah's `uid[:gid]`."""
+    pod_context = pod["spec"].get("securityContext") or {}
+    container_context = container.get("securityContext") or {}
+    uid = container_context.get("runAsUser", pod_context.get("runAsUser"))
+    gid = container_context.get("runAsGroup", pod_context.get("runAsGroup"))
+    if uid is None:
+        return None
+    return f"{uid}:{gid}" if gid is not None else str(uid)
+
+
+def container_spec(
+    pod: Mapping[str, Any],
+    image: str,
+    image_config: Mapping[str, Any],
+    secrets: SecretLookup,
+    config_maps: SecretLookup,
+    mounts: Mapping[str, str],
+    termination_log: str,
+) -> ContainerSpec:
+    """The container as kubelet would run it from its image: `command` replaces the image's
+    entrypoint and `args` its cmd; the pod's user and working directory, where set, replace
+    the image's. buildah puts the image's environment under `env`."""
+    container = pod["spec"]["containers"][0]
+    command = list(container.get("command") or [])
+    args = list(container.get("args") or [])
+    if command:
+        argv_raw = command + args
+    else:
+        argv_raw = list(image_config.get("Entrypoint") or []) + (
+            args or list(image_config.get("Cmd") or [])
+        )
+    if not argv_raw:
+        raise PodConfigError(f"image {image} has no entrypoint and the container no command")
+    message_path = container.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH
+    env = resolve_env(pod, container, secrets, config_maps, {"HOSTNAME": pod["metadata"]["name"]})
+    moved = {message_path: IMAGE_TERMINATION_MESSAGE_PATH}
+    return ContainerSpec(
+        image=image,
+        argv=[remap_paths(_expand(a, env), moved) for a in argv_raw],
+        env={k: remap_paths(v, moved) for k, v in env.items()},
+        mounts={**mounts, IMAGE_TERMINATION_MESSAGE_PATH: termination_log},
+        user=_user(pod, container),
+        working_dir=container.get("workingDir"),
     )
 
 

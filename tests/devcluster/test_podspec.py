@@ -172,3 +172,81 @@ def test_gpu_request_and_restart_policy() -> None:
     assert podspec.gpu_request(pod) == 2
     assert podspec.should_restart(pod, 1)
     assert not podspec.should_restart(pod, 0)
+
+
+IMAGE_CONFIG = {
+    "Entrypoint": ["python", "-m", "tool"],
+    "Cmd": ["--help"],
+    "Env": ["PATH=/opt/bin:/usr/bin", "MODE=image"],
+    "User": "1000:1000",
+}
+
+
+@pytest.mark.parametrize(
+    ("container", "argv"),
+    [
+        ({}, ["python", "-m", "tool", "--help"]),
+        ({"args": ["--run", "$(MODE)"]}, ["python", "-m", "tool", "--run", "fast"]),
+        ({"command": ["sh", "-c"], "args": ["true"]}, ["sh", "-c", "true"]),
+        ({"command": ["env"]}, ["env"]),
+    ],
+)
+def test_an_image_s_container_runs_command_over_entrypoint_and_args_over_cmd(
+    container: dict[str, Any], argv: list[str]
+) -> None:
+    pod = _pod(
+        {"image": "localhost/tool:dev", "env": [{"name": "MODE", "value": "fast"}], **container}
+    )
+    spec = podspec.container_spec(
+        pod, "localhost/tool:dev", IMAGE_CONFIG, _secret, _config_map, {}, "/host/term"
+    )
+    assert spec.argv == argv
+    # buildah puts the image's own environment under the container's.
+    assert spec.env == {"HOSTNAME": "p", "MODE": "fast"}
+
+
+def test_an_image_s_container_gets_its_volumes_user_and_a_termination_file_it_can_bind() -> None:
+    pod = _pod(
+        {
+            "image": "localhost/tool:dev",
+            "command": ["tool", "--message=/dev/termination-log"],
+            "env": [
+                {"name": "MESSAGE", "value": "/dev/termination-log"},
+                {"name": "S", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "key"}}},
+            ],
+            "securityContext": {"runAsUser": 2000},
+            "workingDir": "/work",
+        },
+        securityContext={"runAsUser": 1500, "runAsGroup": 1500},
+    )
+    spec = podspec.container_spec(
+        pod,
+        "localhost/tool:dev",
+        IMAGE_CONFIG,
+        _secret,
+        _config_map,
+        {"/data": "/host/data"},
+        "/host/term",
+    )
+    moved = podspec.IMAGE_TERMINATION_MESSAGE_PATH
+    assert spec.argv == ["tool", f"--message={moved}"]
+    assert spec.env["MESSAGE"] == moved
+    assert spec.env["S"] == "sv"
+    assert spec.mounts == {"/data": "/host/data", moved: "/host/term"}
+    assert spec.user == "2000:1500"
+    assert spec.working_dir == "/work"
+
+
+def test_only_this_machine_s_images_run_in_an_image() -> None:
+    assert podspec.local_image(_pod({"image": "localhost/kubetune-trainer:dev"})) == (
+        "localhost/kubetune-trainer:dev"
+    )
+    assert podspec.local_image(_pod({"image": "ghcr.io/kubetune/trainer:0.1.0"})) is None
+    assert podspec.local_image(_pod({})) is None
+
+
+def test_an_image_without_entrypoint_and_a_container_without_command_cannot_run() -> None:
+    with pytest.raises(podspec.PodConfigError, match="no entrypoint"):
+        podspec.container_spec(
+            _pod({"image": "localhost/x:1"}), "localhost/x:1", {}, _secret, _config_map, {}, "/t"
+        )

@@ -1,11 +1,13 @@
 """The trainer image, built from trainer_image/Dockerfile with buildah and run as the
 operator's Jobs run it: its entrypoint, as its non-root user, with the trial config and S3
-settings in the environment only, against the devcluster's S3 and MLflow servers."""
+settings in the environment only, against the devcluster's S3 and MLflow servers; and a
+whole FineTuningTask whose Jobs the node agent runs in the image."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +27,8 @@ from kubetune.contract import (
     termination_summary,
 )
 from kubetune.manifests import COMMAND
+from tests.conftest import Kubectl
+from tests.e2e.fixtures import E2eData, apply, fine_tuning_task, tuned_model, wait_phase
 from tests.support import built_image
 from tests.trainer.conftest import DEV, TRAIN, config_document
 
@@ -160,3 +164,26 @@ def test_a_trial_in_the_image_trains_from_s3_and_writes_its_checkpoint_and_mlflo
     run = client.get_run(result["mlflow_run_id"])
     assert client.get_experiment(run.info.experiment_id).name == experiment
     assert run.info.status == "FINISHED"
+
+
+def test_a_fine_tuning_task_runs_its_trials_in_the_image_through_the_node_agent(
+    trainer_image: str, tenant: str, kubectl: Kubectl, e2e_data: E2eData, devcluster: ClusterInfo
+) -> None:
+    trainer = {"image": trainer_image, "imagePullPolicy": "Never"}
+    task = fine_tuning_task("in-image", "in-image", e2e_data, [1e-4, 3e-4])
+    task["spec"]["trainer"] |= trainer
+    apply(kubectl, tenant, tuned_model("in-image", e2e_data.base_model), task)
+
+    status = wait_phase(kubectl, tenant, "in-image", {"Succeeded", "Failed"})["status"]
+
+    assert status["phase"] == "Succeeded", status
+    trials = status["trials"]
+    assert [t["phase"] for t in trials] == ["Succeeded"] * 2
+    assert all(t["metric"] > 0 for t in trials)
+    agent_log = (Path(devcluster.state_dir) / "logs" / "node-agent.log").read_text()
+    for trial in trials:
+        started = re.search(rf"started {tenant}/{trial['name']}-\S+ pid \d+: (.*)", agent_log)
+        assert started, f"no start of {trial['name']} in the node agent's log"
+        command = started.group(1).split()
+        assert (Path(command[0]).name, command[1]) == ("buildah", "run")
+        assert command[-4:] == ["--", *COMMAND]
