@@ -198,15 +198,27 @@ class ContainerSpec:
     working_dir: str | None
 
 
-def _user(pod: Mapping[str, Any], container: Mapping[str, Any]) -> str | None:
-    """runAsUser/runAsGroup, the container's over the pod's, as buildah's `uid[:gid]`."""
+def _user(pod: Mapping[str, Any], container: Mapping[str, Any], image_user: str) -> str | None:
+    """runAsUser/runAsGroup, the container's over the pod's, as buildah's `uid[:gid]`;
+    with runAsNonRoot, kubelet's check that the user is a number other than 0."""
     pod_context = pod["spec"].get("securityContext") or {}
     container_context = container.get("securityContext") or {}
-    uid = container_context.get("runAsUser", pod_context.get("runAsUser"))
-    gid = container_context.get("runAsGroup", pod_context.get("runAsGroup"))
-    if uid is None:
-        return None
-    return f"{uid}:{gid}" if gid is not None else str(uid)
+
+    def setting(name: str) -> Any:
+        return container_context.get(name, pod_context.get(name))
+
+    uid, gid = setting("runAsUser"), setting("runAsGroup")
+    user = None if uid is None else f"{uid}:{gid}" if gid is not None else str(uid)
+    if setting("runAsNonRoot"):
+        effective = (user or image_user or "0").split(":", 1)[0]
+        if not effective.isdigit():
+            raise PodConfigError(
+                f"container has runAsNonRoot and image has non-numeric user ({effective}), "
+                "cannot verify user is non-root"
+            )
+        if int(effective) == 0:
+            raise PodConfigError("container has runAsNonRoot and image will run as root")
+    return user
 
 
 def container_spec(
@@ -240,7 +252,7 @@ def container_spec(
         argv=[remap_paths(_expand(a, env), moved) for a in argv_raw],
         env={k: remap_paths(v, moved) for k, v in env.items()},
         mounts={**mounts, IMAGE_TERMINATION_MESSAGE_PATH: termination_log},
-        user=_user(pod, container),
+        user=_user(pod, container, str(image_config.get("User") or "")),
         working_dir=container.get("workingDir"),
     )
 

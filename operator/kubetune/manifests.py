@@ -154,7 +154,9 @@ def _pod_spec(
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "containers": [container],
-        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        # The Pod Security Standards' "restricted" profile, with the container's settings:
+        # the trainer image's numeric user (1000) passes runAsNonRoot.
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
     }
     # The trainer never calls the Kubernetes API, whichever ServiceAccount it runs as.
     pod["automountServiceAccountToken"] = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -250,3 +251,29 @@ def test_an_image_without_entrypoint_and_a_container_without_command_cannot_run(
         podspec.container_spec(
             _pod({"image": "localhost/x:1"}), "localhost/x:1", {}, _secret, _config_map, {}, "/t"
         )
+
+
+@pytest.mark.parametrize(
+    ("image_user", "context", "error"),
+    [
+        ("1000:1000", {}, None),
+        ("", {"runAsUser": 1000}, None),
+        ("", {}, "image will run as root"),
+        ("0:0", {}, "image will run as root"),
+        ("1000", {"runAsUser": 0}, "image will run as root"),
+        ("kubetune", {}, "non-numeric user (kubetune)"),
+    ],
+)
+def test_run_as_non_root_is_checked_as_kubelet_does(
+    image_user: str, context: dict[str, Any], error: str | None
+) -> None:
+    pod = _pod(
+        {"image": "localhost/x:1", "securityContext": context},
+        securityContext={"runAsNonRoot": True},
+    )
+    config = {**IMAGE_CONFIG, "User": image_user}
+    if error is None:
+        podspec.container_spec(pod, "localhost/x:1", config, _secret, _config_map, {}, "/t")
+    else:
+        with pytest.raises(podspec.PodConfigError, match=re.escape(error)):
+            podspec.container_spec(pod, "localhost/x:1", config, _secret, _config_map, {}, "/t")

@@ -140,6 +140,15 @@ def test_job_manifest():
     assert fail_job["action"] == "FailJob" and 2 in fail_job["onExitCodes"]["values"]
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
+    # The Pod Security Standards' restricted profile.
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert pod["containers"][0]["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
     assert pod["nodeSelector"] == {"gpu": "h100"} and pod["serviceAccountName"] == "trainer"
     assert pod["priorityClassName"] == "training" and pod["tolerations"][0]["key"] == "gpu"
     container = pod["containers"][0]

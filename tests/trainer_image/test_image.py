@@ -169,6 +169,9 @@ def test_a_trial_in_the_image_trains_from_s3_and_writes_its_checkpoint_and_mlflo
 def test_a_fine_tuning_task_runs_its_trials_in_the_image_through_the_node_agent(
     trainer_image: str, tenant: str, kubectl: Kubectl, e2e_data: E2eData, devcluster: ClusterInfo
 ) -> None:
+    # Admission refuses any trainer Pod short of the Pod Security Standards' restricted
+    # profile, and the node agent refuses one whose image would run as root.
+    kubectl("label", "namespace", tenant, "pod-security.kubernetes.io/enforce=restricted")
     trainer = {"image": trainer_image, "imagePullPolicy": "Never"}
     task = fine_tuning_task("in-image", "in-image", e2e_data, [1e-4, 3e-4])
     task["spec"]["trainer"] |= trainer
