@@ -455,7 +455,10 @@ class NodeAgent:
         # not this machine's.
         termination_log.touch()
         for host_path in map(Path, spec.mounts.values()):
-            host_path.chmod(0o777 if host_path.is_dir() else 0o666)
+            if host_path.is_dir():
+                host_path.chmod(0o777)
+            elif host_path.exists():
+                host_path.chmod(0o666)
         container = images.create_container(image)
         argv = images.run_command(
             image,
