@@ -66,3 +66,17 @@ def built_image(recipe: images.ImageRecipe, log_path: Path) -> str:
         except images.ImageError as error:
             tail = log_path.read_text()[-6000:]
             pytest.fail(f"{error}\n--- build log (end) ---\n{tail}")
+
+
+SECRET_WORDS = ("SECRET", "PASSWORD", "TOKEN", "ACCESS_KEY", "CREDENTIAL")
+
+
+def secret_like_env(image_config: dict[str, Any]) -> list[str]:
+    """Names in an image's baked-in environment that look like credentials or S3 settings:
+    those must come from the pod, never from the image."""
+    names = [variable.split("=", 1)[0] for variable in image_config.get("Env") or []]
+    return [
+        name
+        for name in names
+        if name.startswith("AWS_") or any(word in name for word in SECRET_WORDS)
+    ]
