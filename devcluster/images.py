@@ -5,7 +5,7 @@ python:3.11-slim-bookworm, lives in a container registry; where none is reachabl
 here), the base is bootstrapped from Debian bookworm's own packages with mmdebstrap and
 given what the Dockerfile relies on: `python` 3.11 with `venv`, pip and the headers,
 apt-get and useradd. Builds keep their layers (`--layers`), so a rebuild after a change to
-Kubetune's code reuses the trainer's 5 GB dependency layer.
+Kubetune's code reuses the trainer's 6 GB dependency layer.
 """
 
 from __future__ import annotations
