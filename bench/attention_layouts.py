@@ -13,9 +13,7 @@ for:
 - texts bin-packed into rows of 128 tokens (first fit, longest first: about 1.6 times the
   needed attention, under 1% padding), scattered there and gathered back, with a
   block-diagonal mask, through SDPA (memory-efficient kernel) or FlexAttention;
-- FlexAttention with a document mask over the packed tokens in their order;
-- `bench/short_attention.py`: one Triton program per text and head, the whole text in one
-  tile.
+- FlexAttention with a document mask over the packed tokens in their order.
 
 Each is checked against the first as ||x - ref|| / ||ref|| for the output and the three
 input gradients. Times are CUDA-event medians around each call, so a call whose host work
@@ -36,7 +34,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import short_attention
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -205,9 +202,6 @@ def kernels(
         "rows of 128, SDPA + mask, compiled": lambda: COMPILED["sdpa_rows"](
             q, k, v, destination, doc_rows
         ),
-        "one tile per text, Triton": lambda: short_attention.short_attention_forward(q, k, v, cu)[
-            0
-        ],
     }
     if flex:
         variants["rows of 128, flex, compiled"] = lambda: COMPILED["flex_rows"](

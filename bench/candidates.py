@@ -10,17 +10,11 @@ variant with candidates). `tests/bench/test_candidates.py` checks on CPU what ea
 
 - `no-hidden-dropout`: BERT's hidden dropout off, to see what dropout costs in time and in
   quality.
-- `short-attention`: the packed attention through `bench/short_attention.py`, one Triton
-  program per text and head with the text's whole attention in one tile (texts of at most
-  128 tokens; longer ones in blocks), on the stacked query, key and value projection where
-  there is one.
-- `bias-gelu`: the feed-forward's bias and GELU in one autograd function whose backward also
-  sums the bias gradient, in one Triton kernel (`bench/bias_gelu.py`).
-- `inline-dropout`: the keep-bit dropout's kernel as a Triton operator that Inductor launches
-  from its compiled code (`bench/inline_dropout.py`), instead of an opaque custom operator.
 
 The bf16 residual stream and the keep-bit dropout (`kubetune_trainer.dropout`) were
-candidates here; measured faster at the same quality, they are the trainer's own.
+candidates here; measured faster at the same quality, they are the trainer's own. The
+short-attention, bias-gelu and inline-dropout candidates were measured slower on a GPU
+(2026-12-05) and were removed; docs/benchmarks.md keeps their figures.
 
     python bench/candidates.py no-hidden-dropout --config trial.json
 """
@@ -30,12 +24,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable
 
-import bias_gelu
-import inline_dropout
-import short_attention
 from torch import nn
 
-from kubetune_trainer import dropout as dropout_module
 from kubetune_trainer import model as model_module
 
 
@@ -61,24 +51,8 @@ def _no_hidden_dropout(encoder: nn.Module) -> None:
         block.dropout.p = 0.0
 
 
-def _short_attention(encoder: nn.Module) -> None:
-    model_module._self_attention = short_attention.self_attention
-
-
-def _bias_gelu(encoder: nn.Module) -> None:
-    for layer in _bert(encoder).encoder.layer:
-        bias_gelu.install(layer.intermediate)
-
-
-def _inline_dropout(encoder: nn.Module) -> None:
-    dropout_module.keep_bits = inline_dropout.keep_bits
-
-
 CANDIDATES: dict[str, Callable[[nn.Module], None]] = {
     "no-hidden-dropout": _no_hidden_dropout,
-    "short-attention": _short_attention,
-    "inline-dropout": _inline_dropout,
-    "bias-gelu": _bias_gelu,
 }
 
 

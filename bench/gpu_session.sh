@@ -150,11 +150,11 @@ print(torch.__version__, transformers.__version__, st.__version__, torch.cuda.de
                 grep -A3 "^model "
         done
         ;;
-    candidates)  # BERT-base with the trainer as it is, with the short-attention candidate
-        # and with what it had before (--float32-residual --torch-dropout); then MiniLM.
+    candidates)  # BERT-base with the trainer as it is, without hidden dropout and with
+        # what it had before (--float32-residual --torch-dropout); then MiniLM.
         # Each run is cut off after CANDIDATE_TIMEOUT seconds (default 240); CANDIDATE_RUNS
         # ("model:flags;model:flags", flags of bench/trainer_speed.py) replaces the list.
-        runs=("bert-base:" "bert-base:--candidate short-attention"
+        runs=("bert-base:" "bert-base:--candidate no-hidden-dropout"
             "bert-base:--float32-residual --torch-dropout" "minilm:")
         [[ -n ${CANDIDATE_RUNS:-} ]] && IFS=';' read -ra runs <<<"$CANDIDATE_RUNS"
         for run in "${runs[@]}"; do

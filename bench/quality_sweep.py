@@ -60,9 +60,6 @@ VARIANTS = {
     "defaults": Variant({}, False),
     # the defaults with candidate changes that are not in the trainer
     "no-hidden-dropout": Variant({}, False, ("no-hidden-dropout",)),
-    "short-attention": Variant({}, False, ("short-attention",)),
-    "bias-gelu": Variant({}, False, ("bias-gelu",)),
-    "combined": Variant({}, False, ("short-attention", "inline-dropout", "bias-gelu")),
 }
 
 
