@@ -295,7 +295,7 @@ def _start_all(
             "--leader-elect=false",
             "--secure-port=0",
             "--controllers=job-controller,garbage-collector-controller,namespace-controller,"
-            "ttl-after-finished-controller,serviceaccount-controller",
+            "ttl-after-finished-controller,serviceaccount-controller,resourcequota-controller",
             "--concurrent-job-syncs",
             "20",
         ],

@@ -35,6 +35,7 @@ from kubetune.decide import (
     decide_model,
     decide_task,
     deletion_actions,
+    events_needed,
     invalid_spec,
     needs_finalizer,
     observe_job,
@@ -226,7 +227,16 @@ class Reconciler:
                 job_name = (pod["metadata"].get("labels") or {}).get("job-name")
                 if job_name:
                     by_job.setdefault(job_name, []).append(pod)
-            observed = [observe_job(j, by_job.get(j["metadata"]["name"], [])) for j in jobs]
+            events = {
+                name: self.kube.pod_creation_failures(task.namespace, name)
+                for name in events_needed(observed, by_job)
+            }
+            observed = [
+                observe_job(
+                    j, by_job.get(j["metadata"]["name"], []), events.get(j["metadata"]["name"], [])
+                )
+                for j in jobs
+            ]
         reads = dict(results_to_read(task.status, observed))
         progress = dict(progress_to_read(task.spec, task.status, observed))
         if not (reads or progress) or model is None:

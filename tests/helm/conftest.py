@@ -179,6 +179,17 @@ def _credentials_secret(kubectl: Kubectl, namespace: str, name: str, info: Clust
     )  # fmt: skip
 
 
+MIG_SLICE = "nvidia.com/mig-1g.10gb"
+NO_MIG_SLICES = {
+    "apiVersion": "v1",
+    "kind": "ResourceQuota",
+    "metadata": {"name": "no-mig-slices"},
+    "spec": {"hard": {f"requests.{MIG_SLICE}": "0"}},
+}
+"""The tenant's quota: whole GPUs (the examples ask for one), but no MIG slice. Quota
+admission enforces it once the quota controller has filled in its status."""
+
+
 def scenario_objects() -> list[dict[str, Any]]:
     """Tasks that end in the other health states, cheaply (one runs a failing trial)."""
     minimal = yaml.safe_load((EXAMPLES / "minimal" / "finetuningtask.yaml").read_text())
@@ -211,6 +222,10 @@ def scenario_objects() -> list[dict[str, Any]]:
             "health",
             dataset={"train": [f"s3://{EXAMPLES_BUCKET}/datasets/missing.jsonl"]},
         ),
+        # A trial that asks for a MIG slice where the namespace's quota (`NO_MIG_SLICES`)
+        # allows none: the Job controller is refused its Pod, and the task says so.
+        model("health-waiting"),
+        task("health-waiting", "health-waiting", trainer={"resources": {"limits": {MIG_SLICE: 1}}}),
     ]
 
 
@@ -230,6 +245,8 @@ def _settled(task: dict[str, Any]) -> bool:
         return _condition(task, "InputsReady").get("reason") == "ModelNotFound"
     if name == "health-bad-secret":
         return _condition(task, "InputsReady").get("reason") == "ActionFailed"
+    if name == "health-waiting":
+        return [t.get("reason") for t in status.get("trials", [])] == ["FailedCreate"]
     return status.get("phase") in ("Succeeded", "Failed", "Canceled")
 
 
@@ -282,6 +299,16 @@ def chart_run(
         release, tenant, other, kubeconfig, manifest, process, health_port, metrics_port, notes, []
     )
     try:
+        kubectl("apply", "-n", tenant, "-f", "-", input=yaml.safe_dump(NO_MIG_SLICES))
+        hard = f"requests.{MIG_SLICE}".replace(".", "\\.")
+        kubectl(
+            "wait",
+            "-n",
+            tenant,
+            f"--for=jsonpath={{.status.hard.{hard}}}=0",
+            "resourcequota/no-mig-slices",
+            "--timeout=60s",
+        )
         for flag, path in EXAMPLE_SOURCES:
             kubectl("apply", "-n", tenant, flag, str(EXAMPLES / path))
         kubectl("apply", "-n", tenant, "-f", "-", input=yaml.safe_dump_all(scenario_objects()))

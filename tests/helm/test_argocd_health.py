@@ -87,6 +87,7 @@ EXPECTED_TASKS = {
     "health-bad-secret": "Degraded",
     "health-suspended": "Suspended",
     "health-no-model": "Progressing",
+    "health-waiting": "Progressing",
 }
 """How each task of the chart run ends, in Argo CD's words."""
 
@@ -116,6 +117,7 @@ def test_real_tasks_progress_then_settle(chart_run: ChartRun) -> None:
     failed_message = history["health-failed"][-1][1]
     assert failed_message, history["health-failed"]
     assert "absent" in history["health-bad-secret"][-1][1]
+    assert "waiting, health-waiting-t0: FailedCreate" in history["health-waiting"][-1][1]
 
 
 def test_real_models_are_healthy_with_or_without_an_iteration(chart_run: ChartRun) -> None:

@@ -176,6 +176,7 @@ WORKLOAD = {
     ("", "pods", "list"),
     ("", "secrets", "get"),
     ("", "events", "create"),
+    ("", "events", "list"),
 }
 """What the operator may do where it works; tests/helm/test_operator.py checks it against
 the audit log of a real run."""

@@ -47,6 +47,29 @@ def test_every_example_succeeds(chart_run: ChartRun) -> None:
     assert _latest(chart_run, "FineTuningTask", "health-failed")["status"]["phase"] == "Failed"
 
 
+def test_a_trial_refused_its_pod_says_why(chart_run: ChartRun, kubectl: Kubectl) -> None:
+    """The namespace's quota allows no MIG slice: the trial that asks for one stays Pending,
+    with the apiserver's refusal in its status and in a Warning on the task."""
+    status = _latest(chart_run, "FineTuningTask", "health-waiting")["status"]
+    (trial,) = status["trials"]
+    assert (trial["phase"], trial["reason"]) == ("Pending", "FailedCreate"), trial
+    assert "exceeded quota: no-mig-slices" in trial["message"], trial
+    events = json.loads(
+        kubectl(
+            "get",
+            "events",
+            "-n",
+            chart_run.tenant,
+            "--field-selector",
+            "involvedObject.name=health-waiting,reason=TrialWaiting",
+            "-o",
+            "json",
+        ).stdout
+    )["items"]
+    assert [e["type"] for e in events] == ["Warning"], events
+    assert "exceeded quota: no-mig-slices" in events[0]["message"]
+
+
 def test_trials_run_under_the_trainer_account(chart_run: ChartRun, kubectl: Kubectl) -> None:
     jobs = json.loads(kubectl("get", "jobs", "-n", chart_run.tenant, "-o", "json").stdout)
     pod_specs = {

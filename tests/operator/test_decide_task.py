@@ -142,6 +142,31 @@ def test_failed_trial_records_termination_message_and_exit_reason():
     assert status.phase == "Running"  # no limit: keep going
 
 
+def test_a_pending_trial_says_why_its_pod_does_not_run_until_it_runs():
+    world = started(World())
+    world.reconcile()
+    quota = 'pods "tune-t0-x" is forbidden: exceeded quota: gpus, requested: nvidia.com/gpu=1'
+    world.jobs["tune-t0"] = replace(
+        world.jobs["tune-t0"], waiting_reason="FailedCreate", waiting_message=quota
+    )
+    decision = world.reconcile()
+    waiting = decision.status.trials[0]
+    assert (waiting.phase, waiting.reason, waiting.message) == ("Pending", "FailedCreate", quota)
+    assert [(e.reason, e.message) for e in decision.events] == [
+        ("TrialWaiting", f"tune-t0: FailedCreate: {quota}")
+    ]
+    (running,) = [x for x in decision.status.conditions if x.type == "Running"]
+    assert running.message == "0/4 trials done, 2 running; 1 waiting, tune-t0: FailedCreate"
+    assert world.reconcile().events == ()  # said once, not at every reconcile
+    world.jobs["tune-t0"] = replace(world.jobs["tune-t0"], phase="Running", started_at=NOW)
+    started_trial = world.reconcile().status.trials[0]
+    assert (started_trial.phase, started_trial.reason, started_trial.message) == (
+        "Running",
+        None,
+        None,
+    )
+
+
 @pytest.mark.parametrize(("limit", "phase"), [(0, "Failed"), (1, "Running")])
 def test_max_failed_trials(limit, phase):
     spec = task_spec(

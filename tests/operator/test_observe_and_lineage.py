@@ -17,6 +17,7 @@ from kubetune.decide import (
     apply_to_model,
     decide_model,
     deletion_actions,
+    events_needed,
     observe_job,
     pods_needed,
 )
@@ -75,22 +76,85 @@ def test_observe_job(the_job, pods, phase, exit_code, reason):
         assert observed.termination_message == "BadInput: no column 'anchor'"
 
 
+def pending_pod(created: str, **status) -> dict:
+    return {"metadata": {"creationTimestamp": created}, "status": {"phase": "Pending", **status}}
+
+
+def waiting(reason: str, message: str = "") -> dict:
+    state = {"waiting": {"reason": reason, "message": message}}
+    return {"containerStatuses": [{"name": "trainer", "state": state}]}
+
+
+def unscheduled(message: str) -> dict:
+    condition = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}
+    return {"conditions": [condition | {"message": message}]}
+
+
+def failed_create(at: str, message: str) -> dict:
+    return {"reason": "FailedCreate", "lastTimestamp": at, "message": message}
+
+
+@pytest.mark.parametrize(
+    ("pods", "events", "expected"),
+    [
+        ([], [], (None, None)),
+        (
+            [],
+            [
+                failed_create("2025-01-01T12:00:02Z", "exceeded quota: gpus"),
+                failed_create(
+                    "2025-01-01T12:00:09Z", "(combined from similar events): violates PodSecurity"
+                ),
+            ],
+            ("FailedCreate", "violates PodSecurity"),
+        ),
+        (
+            [pending_pod("2025-01-01T12:00:01Z", **unscheduled("0/1 nodes: Insufficient gpu"))],
+            [],
+            ("Unschedulable", "0/1 nodes: Insufficient gpu"),
+        ),
+        (
+            [
+                pending_pod("2025-01-01T12:00:01Z", **waiting("ErrImagePull", "not found")),
+                pending_pod("2025-01-01T12:00:05Z", **waiting("ImagePullBackOff", "back-off")),
+            ],
+            [],
+            ("ImagePullBackOff", "back-off"),
+        ),
+        ([pending_pod("2025-01-01T12:00:01Z", **waiting("ContainerCreating"))], [], (None, None)),
+    ],
+    ids=["nothing-yet", "refused", "unschedulable", "image", "starting"],
+)
+def test_a_pending_job_says_why_its_pod_does_not_run(pods, events, expected):
+    observed = observe_job(job(), pods, events)
+    assert (observed.waiting_reason, observed.waiting_message) == expected
+    running = observe_job(job(ready=1), pods, events)
+    assert running.waiting_reason is None
+
+
 @pytest.mark.parametrize(
     ("the_job", "trial_phase", "needed"),
     [
-        (job(), "Pending", False),
+        (job(), "Pending", True),
         (job(ready=1), "Running", False),
         (job([{"type": "Complete", "status": "True"}]), "Running", False),
         (job([{"type": "Failed", "status": "True"}]), "Running", True),
         (job([{"type": "Failed", "status": "True"}]), "Failed", False),
     ],
 )
-def test_pods_are_read_only_for_a_trial_that_has_just_failed(the_job, trial_phase, needed):
+def test_pods_are_read_for_a_trial_that_waits_or_has_just_failed(the_job, trial_phase, needed):
     trial = TrialStatus(
         index=2, name="tune-t2", phase=trial_phase, checkpoint_uri="s3://bucket/it/trials/2/ckpt/"
     )
     status = FineTuningTaskStatus(trials=[trial])
     assert pods_needed(status, [observe_job(the_job)]) is needed
+
+
+def test_events_are_read_only_for_a_pending_job_without_pods():
+    pending, running = observe_job(job()), observe_job(job(ready=1))
+    assert events_needed([pending], {}) == ["tune-t2"]
+    assert events_needed([pending], {"tune-t2": [pending_pod("2025-01-01T12:00:01Z")]}) == []
+    assert events_needed([running], {}) == []
 
 
 def entry(iteration: int) -> PromotedIteration:

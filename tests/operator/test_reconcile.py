@@ -61,6 +61,10 @@ class Cluster:
         self.calls.append("list pods")
         return []
 
+    def pod_creation_failures(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        self.calls.append(f"list events of {job}")
+        return [{"reason": "FailedCreate", "message": f"{job}: exceeded quota"}]
+
     def patch_status(
         self, plural: str, namespace: str, name: str, status_patch: dict[str, Any]
     ) -> dict[str, Any]:
@@ -121,3 +125,23 @@ def test_a_round_that_creates_jobs_leaves_the_next_round_to_list_them() -> None:
     delay, written = reconciler._task_round(NAMESPACE, "tune", written)
     assert "CreateJob" in cluster.calls
     assert written.jobs is None
+
+
+def test_a_trial_whose_job_has_no_pod_reads_the_jobs_events() -> None:
+    cluster = Cluster()
+    reconciler = _reconciler(cluster)
+    written = Written()
+    for _ in range(3):
+        _, written = reconciler._task_round(NAMESPACE, "tune", written)
+    last_round = cluster.calls[cluster.calls.index("list pods") - 1 :]
+    assert last_round[:4] == [
+        "list jobs",
+        "list pods",
+        "list events of tune-t0",
+        "list events of tune-t1",
+    ]
+    trials = cluster.objects["finetuningtasks"]["status"]["trials"]
+    assert [(t["phase"], t["reason"], t["message"]) for t in trials] == [
+        ("Pending", "FailedCreate", "tune-t0: exceeded quota"),
+        ("Pending", "FailedCreate", "tune-t1: exceeded quota"),
+    ]

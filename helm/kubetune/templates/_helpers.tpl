@@ -111,7 +111,7 @@ operator/kubetune/clients/kube.py or by kopf; tests/helm/test_rbac.py checks the
   {{- end }}
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "list"]
 {{- end }}
 
 {{/*

@@ -62,10 +62,15 @@ class TrialStatus(ApiModel):
         description="Pending, Running, Succeeded, Failed, Canceled or Pruned (stopped early)."
     )
     reason: ShortText | None = Field(
-        default=None, description="Why it failed, was canceled or pruned, in CamelCase."
+        default=None,
+        description="Why it failed, was canceled or pruned, in CamelCase; while Pending, why "
+        "its Pod does not run yet (`FailedCreate`: refused by admission, e.g. a quota; "
+        "`Unschedulable`; `ImagePullBackOff`, ...).",
     )
     message: Message | None = Field(
-        default=None, description="The trainer's termination message, on failure."
+        default=None,
+        description="The trainer's termination message, on failure; while Pending, what "
+        "Kubernetes said about the Pod.",
     )
     exit_code: int | None = Field(default=None, description="The trainer's exit code.")
     metric: float | None = Field(default=None, description="The objective metric's value.")

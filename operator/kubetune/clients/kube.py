@@ -93,6 +93,14 @@ class Kube:
         )
         return list(json.loads(response.data)["items"])
 
+    def pod_creation_failures(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        """The Job controller's FailedCreate events about this Job: why it has no Pod."""
+        selector = f"involvedObject.kind=Job,involvedObject.name={job},reason=FailedCreate"
+        response = self.core.list_namespaced_event(
+            namespace, field_selector=selector, _preload_content=False
+        )
+        return list(json.loads(response.data)["items"])
+
     def create_job(self, manifest: dict[str, Any]) -> bool:
         """Create the Job; False when it already exists (the name is deterministic)."""
         try:

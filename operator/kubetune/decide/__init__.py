@@ -26,7 +26,13 @@ from kubetune.decide.actions import (
 from kubetune.decide.context import experiment_name
 from kubetune.decide.inputs import Defaults, ModelObject, ObservedJob, TaskObject
 from kubetune.decide.lineage import apply_to_model, decide_model, deletion_actions, needs_finalizer
-from kubetune.decide.observe import observe_job, pods_needed, progress_to_read, results_to_read
+from kubetune.decide.observe import (
+    events_needed,
+    observe_job,
+    pods_needed,
+    progress_to_read,
+    results_to_read,
+)
 from kubetune.decide.sampling import GridSampler, RandomSampler, Sampler, sampler_for
 from kubetune.decide.task import action_failed, best_trial, decide_task, invalid_spec
 
@@ -58,6 +64,7 @@ __all__ = [
     "decide_model",
     "decide_task",
     "deletion_actions",
+    "events_needed",
     "experiment_name",
     "invalid_spec",
     "needs_finalizer",

@@ -94,6 +94,9 @@ class ObservedJob:
     reason: str | None = None
     termination_message: str | None = None
     deleting: bool = False
+    waiting_reason: str | None = None
+    """Why a Pending Job's Pod does not run (FailedCreate, Unschedulable, ImagePullBackOff)."""
+    waiting_message: str | None = None
     result: TrialResult | None = None
     result_error: str | None = None
     progress: TrialProgress | None = None

@@ -43,8 +43,55 @@ def _pod_running(pods: Sequence[Mapping[str, Any]]) -> bool:
     return any((p.get("status") or {}).get("phase") == "Running" for p in pods)
 
 
-def observe_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) -> ObservedJob:
-    """The trial Job's state; `pods` are the Job's Pods (for exit code and message)."""
+FAILED_CREATE = "FailedCreate"
+"""The Job controller's event reason when the apiserver refused it a Pod."""
+AGGREGATED = "(combined from similar events): "
+"""What the event recorder puts before a message once it has combined repeated events."""
+STARTING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
+"""Container waiting reasons of a Pod on its way to run: nothing to report."""
+
+
+def _pod_waiting(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Why a Pending Pod does not run: not scheduled (no node fits, a quota on nodes), or its
+    trainer container waits (an image that cannot be pulled, a missing Secret)."""
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return condition.get("reason") or "Unschedulable", condition.get("message") or ""
+    for container in status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if container.get("name") == CONTAINER and reason and reason not in STARTING_REASONS:
+            return reason, waiting.get("message") or ""
+    return None
+
+
+def _creation_failure(events: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
+    """The Job controller's latest refusal to create a Pod (admission: a quota, Pod
+    Security), which leaves no Pod to look at."""
+    failures = [e for e in events if e.get("reason") == FAILED_CREATE]
+    if not failures:
+        return None
+    latest = max(failures, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    return FAILED_CREATE, (latest.get("message") or "").removeprefix(AGGREGATED)
+
+
+def _waiting(
+    pods: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]]
+) -> tuple[str, str] | None:
+    if not pods:
+        return _creation_failure(events)
+    latest = max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    return _pod_waiting(latest)
+
+
+def observe_job(
+    job: Mapping[str, Any],
+    pods: Sequence[Mapping[str, Any]] = (),
+    events: Sequence[Mapping[str, Any]] = (),
+) -> ObservedJob:
+    """The trial Job's state; `pods` are the Job's Pods (for exit code and message, and why a
+    Pending Job's Pod does not run), `events` its Job controller's events (why it has none)."""
     meta = job["metadata"]
     status = job.get("status") or {}
     labels = meta.get("labels") or {}
@@ -61,6 +108,7 @@ def observe_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) 
         phase = "Pending"
     terminated = _terminated(pods)
     ended = complete or failed
+    waiting = _waiting(pods, events) if phase == "Pending" else None
     return ObservedJob(
         name=meta["name"],
         trial_index=int(labels.get(LABEL_TRIAL, -1)),
@@ -74,15 +122,30 @@ def observe_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) 
         if terminated
         else None,
         deleting=bool(meta.get("deletionTimestamp")),
+        waiting_reason=waiting[0] if waiting else None,
+        waiting_message=(waiting[1].strip() or None) if waiting else None,
     )
 
 
 def pods_needed(status: FineTuningTaskStatus, jobs: Sequence[ObservedJob]) -> bool:
     """Whether to read the task's Pods: only for what a Job does not say itself, the exit
-    code and termination message of a trial that has just failed (a Job reports running
-    Pods in `status.ready`)."""
+    code and termination message of a trial that has just failed, and why a trial's Pod
+    does not run yet (a Job reports running Pods in `status.ready`)."""
     unfinished = {t.name for t in status.trials if t.phase in ("Pending", "Running")}
-    return any(job.phase == "Failed" and job.name in unfinished for job in jobs)
+    return any(
+        job.phase in ("Failed", "Pending") and job.name in unfinished and not job.deleting
+        for job in jobs
+    )
+
+
+def events_needed(jobs: Sequence[ObservedJob], pods: Mapping[str, Sequence[Any]]) -> list[str]:
+    """The Pending Jobs without a Pod, given each Job's Pods by Job name: their events say
+    why the Job controller could not create one."""
+    return [
+        job.name
+        for job in jobs
+        if job.phase == "Pending" and not job.deleting and not pods.get(job.name)
+    ]
 
 
 def results_to_read(

@@ -189,8 +189,11 @@ def _observe(r: Reconcile, trial: TrialStatus, job: ObservedJob) -> None:
     stopping = r.task.spec.hyperparameters.early_stopping is not None
     if stopping and job.progress is not None:
         _record_evaluations(trial, _progress_points(job.progress, metric))
-    if job.phase == "Running":
+    if job.phase == "Pending":
+        _waiting(r, trial, job)
+    elif job.phase == "Running":
         trial.phase = "Running"
+        trial.reason = trial.message = None
         trial.started_at = job.started_at or trial.started_at or r.now
     elif job.phase == "Succeeded" and job.result is not None:
         result = job.result
@@ -212,6 +215,15 @@ def _observe(r: Reconcile, trial: TrialStatus, job: ObservedJob) -> None:
     elif job.phase == "Failed":
         reason = EXIT_REASONS.get(job.exit_code or -1) or job.reason or "JobFailed"
         _fail(r, trial, job, reason, job.termination_message or job.reason or "the Job failed")
+
+
+def _waiting(r: Reconcile, trial: TrialStatus, job: ObservedJob) -> None:
+    """Say why a Pending trial's Pod does not run (once per reason, as a Warning too): a
+    trial held by a quota or an image that cannot be pulled would otherwise wait silently."""
+    reason, message = job.waiting_reason, (job.waiting_message or "")[:MESSAGE_LIMIT] or None
+    if reason is not None and reason != trial.reason:
+        r.event(True, "TrialWaiting", f"{trial.name}: {reason}: {message}"[:1024])
+    trial.reason, trial.message = reason, message
 
 
 def _fail(r: Reconcile, trial: TrialStatus, job: ObservedJob, reason: str, message: str) -> None:
@@ -287,6 +299,9 @@ def _run(r: Reconcile) -> None:
     if active:
         done = sum(t.phase not in ACTIVE_TRIAL_PHASES for t in status.trials)
         message = f"{done}/{status.counts.total} trials done, {active} running"
+        waiting = [t for t in status.trials if t.phase == "Pending" and t.reason]
+        if waiting:
+            message += f"; {len(waiting)} waiting, {waiting[0].name}: {waiting[0].reason}"
         r.condition(c.RUNNING, "True", c.REASON_TRIALS_RUNNING, message)
         if spec.hyperparameters.early_stopping is not None:
             r.requeue(PROGRESS_POLL_SECONDS)
