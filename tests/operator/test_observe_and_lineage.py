@@ -150,6 +150,24 @@ def test_pods_are_read_for_a_trial_that_waits_or_has_just_failed(the_job, trial_
     assert pods_needed(status, [observe_job(the_job)]) is needed
 
 
+def suspended_job(queue: str | None) -> dict:
+    body = job() | {"spec": {"suspend": True}}
+    if queue:
+        body["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] = queue
+    return body
+
+
+def test_a_suspended_job_waits_for_its_queue():
+    queued = observe_job(suspended_job("gpus"))
+    assert (queued.phase, queued.waiting_reason) == ("Pending", "Suspended")
+    assert queued.waiting_message == "the Job is suspended: it waits for admission by queue gpus"
+    unqueued = observe_job(suspended_job(None))
+    assert unqueued.waiting_message == (
+        "the Job is suspended: it waits for whoever suspended it to resume it"
+    )
+    assert events_needed([queued], {}) == []
+
+
 def test_events_are_read_only_for_a_pending_job_without_pods():
     pending, running = observe_job(job()), observe_job(job(ready=1))
     assert events_needed([pending], {}) == ["tune-t2"]

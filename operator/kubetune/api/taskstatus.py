@@ -64,8 +64,8 @@ class TrialStatus(ApiModel):
     reason: ShortText | None = Field(
         default=None,
         description="Why it failed, was canceled or pruned, in CamelCase; while Pending, why "
-        "its Pod does not run yet (`FailedCreate`: refused by admission, e.g. a quota; "
-        "`Unschedulable`; `ImagePullBackOff`, ...).",
+        "its Pod does not run yet (`Suspended`: queued in Kueue; `FailedCreate`: refused by "
+        "admission, e.g. a quota; `Unschedulable`; `ImagePullBackOff`, ...).",
     )
     message: Message | None = Field(
         default=None,

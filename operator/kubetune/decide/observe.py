@@ -13,7 +13,7 @@ from typing import Any
 from kubetune.api import FineTuningTaskSpec, FineTuningTaskStatus
 from kubetune.contract import PROGRESS_FILENAME, RESULT_FILENAME, sibling_uri
 from kubetune.decide.inputs import JobPhase, ObservedJob
-from kubetune.manifests import CONTAINER, LABEL_ATTEMPT, LABEL_TRIAL
+from kubetune.manifests import CONTAINER, LABEL_ATTEMPT, LABEL_KUEUE_QUEUE, LABEL_TRIAL
 
 
 def _time(value: str | None) -> datetime | None:
@@ -45,6 +45,7 @@ def _pod_running(pods: Sequence[Mapping[str, Any]]) -> bool:
 
 FAILED_CREATE = "FailedCreate"
 """The Job controller's event reason when the apiserver refused it a Pod."""
+SUSPENDED = "Suspended"
 AGGREGATED = "(combined from similar events): "
 """What the event recorder puts before a message once it has combined repeated events."""
 STARTING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
@@ -76,9 +77,22 @@ def _creation_failure(events: Sequence[Mapping[str, Any]]) -> tuple[str, str] | 
     return FAILED_CREATE, (latest.get("message") or "").removeprefix(AGGREGATED)
 
 
+def _suspended(job: Mapping[str, Any]) -> tuple[str, str] | None:
+    """A suspended Job creates no Pod: Kueue holds a queued trial's Job so until it admits
+    it (`trainer.queueName`)."""
+    if not (job.get("spec") or {}).get("suspend"):
+        return None
+    queue = (job["metadata"].get("labels") or {}).get(LABEL_KUEUE_QUEUE)
+    waits_for = f"admission by queue {queue}" if queue else "whoever suspended it to resume it"
+    return SUSPENDED, f"the Job is suspended: it waits for {waits_for}"
+
+
 def _waiting(
-    pods: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]]
+    job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]]
 ) -> tuple[str, str] | None:
+    suspended = _suspended(job)
+    if suspended is not None:
+        return suspended
     if not pods:
         return _creation_failure(events)
     latest = max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
@@ -108,7 +122,7 @@ def observe_job(
         phase = "Pending"
     terminated = _terminated(pods)
     ended = complete or failed
-    waiting = _waiting(pods, events) if phase == "Pending" else None
+    waiting = _waiting(job, pods, events) if phase == "Pending" else None
     return ObservedJob(
         name=meta["name"],
         trial_index=int(labels.get(LABEL_TRIAL, -1)),
@@ -140,11 +154,14 @@ def pods_needed(status: FineTuningTaskStatus, jobs: Sequence[ObservedJob]) -> bo
 
 def events_needed(jobs: Sequence[ObservedJob], pods: Mapping[str, Sequence[Any]]) -> list[str]:
     """The Pending Jobs without a Pod, given each Job's Pods by Job name: their events say
-    why the Job controller could not create one."""
+    why the Job controller could not create one (a suspended Job creates none)."""
     return [
         job.name
         for job in jobs
-        if job.phase == "Pending" and not job.deleting and not pods.get(job.name)
+        if job.phase == "Pending"
+        and not job.deleting
+        and not pods.get(job.name)
+        and job.waiting_reason != SUSPENDED
     ]
 
 
