@@ -180,6 +180,7 @@ def _credentials_secret(kubectl: Kubectl, namespace: str, name: str, info: Clust
 
 
 MIG_SLICE = "nvidia.com/mig-1g.10gb"
+ABSENT_IMAGE = "localhost/kubetune-absent:none"
 NO_MIG_SLICES = {
     "apiVersion": "v1",
     "kind": "ResourceQuota",
@@ -226,6 +227,9 @@ def scenario_objects() -> list[dict[str, Any]]:
         # allows none: the Job controller is refused its Pod, and the task says so.
         model("health-waiting"),
         task("health-waiting", "health-waiting", trainer={"resources": {"limits": {MIG_SLICE: 1}}}),
+        # A trainer image this machine does not have: its Pod waits, and the task says why.
+        model("health-no-image"),
+        task("health-no-image", "health-no-image", trainer={"image": ABSENT_IMAGE}),
     ]
 
 
@@ -247,6 +251,8 @@ def _settled(task: dict[str, Any]) -> bool:
         return _condition(task, "InputsReady").get("reason") == "ActionFailed"
     if name == "health-waiting":
         return [t.get("reason") for t in status.get("trials", [])] == ["FailedCreate"]
+    if name == "health-no-image":
+        return [t.get("reason") for t in status.get("trials", [])] == ["ErrImageNeverPull"]
     return status.get("phase") in ("Succeeded", "Failed", "Canceled")
 
 

@@ -88,6 +88,7 @@ EXPECTED_TASKS = {
     "health-suspended": "Suspended",
     "health-no-model": "Progressing",
     "health-waiting": "Progressing",
+    "health-no-image": "Progressing",
 }
 """How each task of the chart run ends, in Argo CD's words."""
 
@@ -118,6 +119,7 @@ def test_real_tasks_progress_then_settle(chart_run: ChartRun) -> None:
     assert failed_message, history["health-failed"]
     assert "absent" in history["health-bad-secret"][-1][1]
     assert "waiting, health-waiting-t0: FailedCreate" in history["health-waiting"][-1][1]
+    assert "waiting, health-no-image-t0: ErrImageNeverPull" in history["health-no-image"][-1][1]
 
 
 def test_real_models_are_healthy_with_or_without_an_iteration(chart_run: ChartRun) -> None:

@@ -70,6 +70,13 @@ def test_a_trial_refused_its_pod_says_why(chart_run: ChartRun, kubectl: Kubectl)
     assert "exceeded quota: no-mig-slices" in events[0]["message"]
 
 
+def test_a_trial_whose_image_is_absent_says_why(chart_run: ChartRun) -> None:
+    status = _latest(chart_run, "FineTuningTask", "health-no-image")["status"]
+    (trial,) = status["trials"]
+    assert (trial["phase"], trial["reason"]) == ("Pending", "ErrImageNeverPull"), trial
+    assert "localhost/kubetune-absent:none" in trial["message"], trial
+
+
 def test_trials_run_under_the_trainer_account(chart_run: ChartRun, kubectl: Kubectl) -> None:
     jobs = json.loads(kubectl("get", "jobs", "-n", chart_run.tenant, "-o", "json").stdout)
     pod_specs = {
