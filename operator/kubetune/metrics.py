@@ -43,20 +43,40 @@ class OperatorMetrics:
         self.leader = Gauge(
             "kubetune_leader", "1 while this replica holds the leader Lease", registry=r
         )
+        self.trials_waiting = Gauge(
+            "kubetune_trials_waiting",
+            "Pending trials whose Pod does not run, by reason (FailedCreate, Suspended, ...)",
+            ["reason"],
+            registry=r,
+        )
         self._phases: dict[tuple[str, str], str] = {}
+        self._waiting: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._reasons: set[str] = set()
         self._lock = threading.Lock()
 
-    def task_phase(self, namespace: str, name: str, phase: str | None) -> None:
+    def task_state(
+        self, namespace: str, name: str, phase: str | None, waiting: tuple[str, ...] = ()
+    ) -> None:
+        """The task's phase and the waiting reasons of its Pending trials (None: the task is
+        gone)."""
+        key = (namespace, name)
         with self._lock:
             if phase is None:
-                self._phases.pop((namespace, name), None)
+                self._phases.pop(key, None)
+                self._waiting.pop(key, None)
             else:
-                self._phases[(namespace, name)] = phase
+                self._phases[key] = phase
+                self._waiting[key] = waiting
             counts = dict.fromkeys(PHASES, 0)
             for value in self._phases.values():
                 counts[value] = counts.get(value, 0) + 1
+            reasons = [reason for reasons in self._waiting.values() for reason in reasons]
+            self._reasons.update(reasons)
+            waiting_counts = {reason: reasons.count(reason) for reason in self._reasons}
         for phase_name, count in counts.items():
             self.tasks.labels(phase_name).set(count)
+        for reason, count in waiting_counts.items():
+            self.trials_waiting.labels(reason).set(count)
 
     def serve(self, port: int) -> None:
         start_http_server(port, registry=self.registry)

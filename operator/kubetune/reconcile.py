@@ -122,7 +122,7 @@ class Reconciler:
         round uses instead of reading them again."""
         body = written.task or self.kube.get(FINE_TUNING_TASK.plural, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
-            METRICS.task_phase(namespace, name, None)
+            METRICS.task_state(namespace, name, None)
             return None, Written()
         now = _now()
         try:
@@ -297,7 +297,8 @@ class Reconciler:
     ) -> dict[str, Any] | None:
         """The task as the apiserver returned it after the write; None when nothing changed."""
         meta = body["metadata"]
-        METRICS.task_phase(meta["namespace"], meta["name"], new.phase)
+        waiting = tuple(t.reason for t in new.trials if t.phase == "Pending" and t.reason)
+        METRICS.task_state(meta["namespace"], meta["name"], new.phase, waiting)
         patch = merge_patch(old.to_json(), new.to_json())
         if not patch:
             return None

@@ -185,6 +185,9 @@ def test_health_and_metrics_endpoints(chart_run: ChartRun) -> None:
     code, body = _http(chart_run.metrics_port, "/metrics")
     assert code == 200
     assert "kubetune" in body
+    # health-waiting's and health-no-image's trials wait
+    assert 'kubetune_trials_waiting{reason="FailedCreate"} 1.0' in body
+    assert 'kubetune_trials_waiting{reason="ErrImageNeverPull"} 1.0' in body
 
 
 def test_install_notes_say_what_to_apply_next(chart_run: ChartRun) -> None:
