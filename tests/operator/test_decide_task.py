@@ -158,6 +158,10 @@ def test_a_pending_trial_says_why_its_pod_does_not_run_until_it_runs():
     (running,) = [x for x in decision.status.conditions if x.type == "Running"]
     assert running.message == "0/4 trials done, 2 running; 1 waiting, tune-t0: FailedCreate"
     assert world.reconcile().events == ()  # said once, not at every reconcile
+    world.jobs["tune-t1"] = replace(world.jobs["tune-t1"], waiting_reason="Unschedulable")
+    queued = world.reconcile()
+    assert queued.status.trials[1].reason == "Unschedulable"
+    assert queued.events == ()  # queued for a GPU: normal, no warning
     world.jobs["tune-t0"] = replace(world.jobs["tune-t0"], phase="Running", started_at=NOW)
     started_trial = world.reconcile().status.trials[0]
     assert (started_trial.phase, started_trial.reason, started_trial.message) == (

@@ -217,11 +217,17 @@ def _observe(r: Reconcile, trial: TrialStatus, job: ObservedJob) -> None:
         _fail(r, trial, job, reason, job.termination_message or job.reason or "the Job failed")
 
 
+QUEUED_REASONS = frozenset({"Unschedulable", "Suspended"})
+"""Waiting reasons of a trial queued for capacity (no node has a free GPU; Kueue has not
+admitted it yet): normal on a shared cluster, so recorded in status but not warned about."""
+
+
 def _waiting(r: Reconcile, trial: TrialStatus, job: ObservedJob) -> None:
-    """Say why a Pending trial's Pod does not run (once per reason, as a Warning too): a
-    trial held by a quota or an image that cannot be pulled would otherwise wait silently."""
+    """Say why a Pending trial's Pod does not run, and warn once per reason where someone
+    must act: a trial refused by a quota or with an image that cannot be pulled would
+    otherwise wait silently."""
     reason, message = job.waiting_reason, (job.waiting_message or "")[:MESSAGE_LIMIT] or None
-    if reason is not None and reason != trial.reason:
+    if reason is not None and reason != trial.reason and reason not in QUEUED_REASONS:
         r.event(True, "TrialWaiting", f"{trial.name}: {reason}: {message}"[:1024])
     trial.reason, trial.message = reason, message
 
