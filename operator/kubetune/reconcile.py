@@ -141,7 +141,7 @@ class Reconciler:
         if listed is None:
             listed = self.kube.task_jobs(namespace, task.name)
         try:
-            jobs = self._observe_jobs(task, model, listed)
+            jobs = self._observe_jobs(task, model, listed, now)
         except EffectError as error:
             log.warning("%s/%s: reading trial results failed: %s", namespace, name, error)
             return retry_delay(task.status, now), Written()
@@ -218,10 +218,14 @@ class Reconciler:
             )
 
     def _observe_jobs(
-        self, task: TaskObject, model: ModelObject | None, jobs: list[dict[str, Any]]
+        self,
+        task: TaskObject,
+        model: ModelObject | None,
+        jobs: list[dict[str, Any]],
+        now: datetime,
     ) -> list[ObservedJob]:
         observed = [observe_job(j) for j in jobs]
-        if pods_needed(task.status, observed):
+        if pods_needed(task.status, observed, now):
             by_job: dict[str, list[dict[str, Any]]] = {}
             for pod in self.kube.task_pods(task.namespace, task.name):
                 job_name = (pod["metadata"].get("labels") or {}).get("job-name")
@@ -229,7 +233,7 @@ class Reconciler:
                     by_job.setdefault(job_name, []).append(pod)
             events = {
                 name: self.kube.pod_creation_failures(task.namespace, name)
-                for name in events_needed(observed, by_job)
+                for name in events_needed(observed, by_job, now)
             }
             observed = [
                 observe_job(

@@ -147,7 +147,7 @@ def test_pods_are_read_for_a_trial_that_waits_or_has_just_failed(the_job, trial_
         index=2, name="tune-t2", phase=trial_phase, checkpoint_uri="s3://bucket/it/trials/2/ckpt/"
     )
     status = FineTuningTaskStatus(trials=[trial])
-    assert pods_needed(status, [observe_job(the_job)]) is needed
+    assert pods_needed(status, [observe_job(the_job)], NOW) is needed
 
 
 def suspended_job(queue: str | None) -> dict:
@@ -165,14 +165,29 @@ def test_a_suspended_job_waits_for_its_queue():
     assert unqueued.waiting_message == (
         "the Job is suspended: it waits for whoever suspended it to resume it"
     )
-    assert events_needed([queued], {}) == []
+    assert events_needed([queued], {}, NOW) == []
 
 
 def test_events_are_read_only_for_a_pending_job_without_pods():
     pending, running = observe_job(job()), observe_job(job(ready=1))
-    assert events_needed([pending], {}) == ["tune-t2"]
-    assert events_needed([pending], {"tune-t2": [pending_pod("2025-01-01T12:00:01Z")]}) == []
-    assert events_needed([running], {}) == []
+    assert events_needed([pending], {}, NOW) == ["tune-t2"]
+    assert events_needed([pending], {"tune-t2": [pending_pod("2025-01-01T12:00:01Z")]}, NOW) == []
+    assert events_needed([running], {}, NOW) == []
+
+
+def test_a_job_just_created_is_given_time_before_its_pods_and_events_are_read():
+    body = job()
+    body["metadata"]["creationTimestamp"] = "2025-01-01T12:00:00Z"
+    fresh = observe_job(body)
+    trial = TrialStatus(
+        index=2, name="tune-t2", phase="Pending", checkpoint_uri="s3://bucket/it/trials/2/ckpt/"
+    )
+    status = FineTuningTaskStatus(trials=[trial])
+    soon, later = NOW + timedelta(seconds=9), NOW + timedelta(seconds=10)
+    assert not pods_needed(status, [fresh], soon) and pods_needed(status, [fresh], later)
+    assert events_needed([fresh], {}, soon) == [] and events_needed([fresh], {}, later) == [
+        "tune-t2"
+    ]
 
 
 def entry(iteration: int) -> PromotedIteration:

@@ -88,6 +88,7 @@ class ObservedJob:
     trial_index: int
     attempt: int
     phase: JobPhase
+    created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
     exit_code: int | None = None

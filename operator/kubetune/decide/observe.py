@@ -7,7 +7,7 @@ the exit code and the termination message are) are tested here.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from kubetune.api import FineTuningTaskSpec, FineTuningTaskStatus
@@ -128,6 +128,7 @@ def observe_job(
         trial_index=int(labels.get(LABEL_TRIAL, -1)),
         attempt=int(labels.get(LABEL_ATTEMPT, 1)),
         phase=phase,
+        created_at=_time(meta.get("creationTimestamp")),
         started_at=_time(status.get("startTime")),
         finished_at=_time(status.get("completionTime") or (ended or {}).get("lastTransitionTime")),
         exit_code=terminated.get("exitCode") if terminated else None,
@@ -141,27 +142,40 @@ def observe_job(
     )
 
 
-def pods_needed(status: FineTuningTaskStatus, jobs: Sequence[ObservedJob]) -> bool:
-    """Whether to read the task's Pods: only for what a Job does not say itself, the exit
-    code and termination message of a trial that has just failed, and why a trial's Pod
-    does not run yet (a Job reports running Pods in `status.ready`)."""
-    unfinished = {t.name for t in status.trials if t.phase in ("Pending", "Running")}
-    return any(
-        job.phase in ("Failed", "Pending") and job.name in unfinished and not job.deleting
-        for job in jobs
+WAIT_GRACE = timedelta(seconds=10)
+"""How long a Job may be Pending before the operator looks for why: a Pod normally starts
+or is refused within it, and reading Pods and Events for every Job just created would
+cost requests at every reconcile of a busy cluster."""
+
+
+def _waited(job: ObservedJob, now: datetime) -> bool:
+    return (
+        job.phase == "Pending"
+        and not job.deleting
+        and (job.created_at is None or now - job.created_at >= WAIT_GRACE)
     )
 
 
-def events_needed(jobs: Sequence[ObservedJob], pods: Mapping[str, Sequence[Any]]) -> list[str]:
-    """The Pending Jobs without a Pod, given each Job's Pods by Job name: their events say
-    why the Job controller could not create one (a suspended Job creates none)."""
+def pods_needed(status: FineTuningTaskStatus, jobs: Sequence[ObservedJob], now: datetime) -> bool:
+    """Whether to read the task's Pods: only for what a Job does not say itself, the exit
+    code and termination message of a trial that has just failed, and why a trial's Pod
+    has not run for `WAIT_GRACE` (a Job reports running Pods in `status.ready`)."""
+    unfinished = {t.name for t in status.trials if t.phase in ("Pending", "Running")}
+    return any(
+        job.name in unfinished and (job.phase == "Failed" or _waited(job, now)) for job in jobs
+    )
+
+
+def events_needed(
+    jobs: Sequence[ObservedJob], pods: Mapping[str, Sequence[Any]], now: datetime
+) -> list[str]:
+    """The Jobs Pending for `WAIT_GRACE` without a Pod, given each Job's Pods by Job name:
+    their events say why the Job controller could not create one (a suspended Job creates
+    none)."""
     return [
         job.name
         for job in jobs
-        if job.phase == "Pending"
-        and not job.deleting
-        and not pods.get(job.name)
-        and job.waiting_reason != SUSPENDED
+        if _waited(job, now) and not pods.get(job.name) and job.waiting_reason != SUSPENDED
     ]
 
 
