@@ -46,6 +46,7 @@ def _pod_running(pods: Sequence[Mapping[str, Any]]) -> bool:
 FAILED_CREATE = "FailedCreate"
 """The Job controller's event reason when the apiserver refused it a Pod."""
 SUSPENDED = "Suspended"
+"""The waiting reason of a trial whose Job is suspended (queued in Kueue)."""
 AGGREGATED = "(combined from similar events): "
 """What the event recorder puts before a message once it has combined repeated events."""
 STARTING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})

@@ -45,6 +45,7 @@ from kubetune.decide.context import (
     experiment_name,
 )
 from kubetune.decide.inputs import Defaults, ModelObject, ObservedJob, TaskObject
+from kubetune.decide.observe import SUSPENDED
 from kubetune.decide.sampling import Sampler, planned_trials, sampler_for
 from kubetune.decide.study import prune_decision
 from kubetune.decide.trialconfig import search_space_problems
@@ -217,7 +218,7 @@ def _observe(r: Reconcile, trial: TrialStatus, job: ObservedJob) -> None:
         _fail(r, trial, job, reason, job.termination_message or job.reason or "the Job failed")
 
 
-QUEUED_REASONS = frozenset({"Unschedulable", "Suspended"})
+QUEUED_REASONS = frozenset({"Unschedulable", SUSPENDED})
 """Waiting reasons of a trial queued for capacity (no node has a free GPU; Kueue has not
 admitted it yet): normal on a shared cluster, so recorded in status but not warned about."""
 
