@@ -13,8 +13,9 @@ variant with candidates). `tests/bench/test_candidates.py` checks on CPU what ea
 
 The bf16 residual stream and the keep-bit dropout (`kubetune_trainer.dropout`) were
 candidates here; measured faster at the same quality, they are the trainer's own. The
-short-attention, bias-gelu and inline-dropout candidates were measured slower on a GPU
-(2026-12-05) and were removed; docs/benchmarks.md keeps their figures.
+short-attention, bias-gelu and inline-dropout candidates, measured on a GPU (2026-12-05),
+were none of them faster than the trainer as it is and were removed; docs/benchmarks.md
+keeps their figures.
 
     python bench/candidates.py no-hidden-dropout --config trial.json
 """
