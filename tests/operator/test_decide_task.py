@@ -171,6 +171,19 @@ def test_a_pending_trial_says_why_its_pod_does_not_run_until_it_runs():
     )
 
 
+def test_a_trial_that_fails_while_waiting_says_what_it_waited_for():
+    world = started(World())
+    world.reconcile()
+    quota = "exceeded quota: gpus"
+    job = world.jobs["tune-t0"]
+    world.jobs["tune-t0"] = replace(job, waiting_reason="FailedCreate", waiting_message=quota)
+    world.reconcile()
+    world.jobs["tune-t0"] = replace(job, phase="Failed", reason="DeadlineExceeded")
+    failed = world.reconcile().status.trials[0]
+    assert (failed.phase, failed.reason) == ("Failed", "DeadlineExceeded")
+    assert failed.message == f"DeadlineExceeded while its Pod waited: FailedCreate: {quota}"
+
+
 @pytest.mark.parametrize(("limit", "phase"), [(0, "Failed"), (1, "Running")])
 def test_max_failed_trials(limit, phase):
     spec = task_spec(

@@ -215,7 +215,11 @@ def _observe(r: Reconcile, trial: TrialStatus, job: ObservedJob) -> None:
         _fail(r, trial, job, "NoResult", job.result_error)
     elif job.phase == "Failed":
         reason = EXIT_REASONS.get(job.exit_code or -1) or job.reason or "JobFailed"
-        _fail(r, trial, job, reason, job.termination_message or job.reason or "the Job failed")
+        message = job.termination_message or job.reason or "the Job failed"
+        if job.termination_message is None and trial.phase == "Pending" and trial.reason:
+            # e.g. `activeDeadlineSeconds` ran out while a quota refused the Pod
+            message = f"{message} while its Pod waited: {trial.reason}: {trial.message}"
+        _fail(r, trial, job, reason, message)
 
 
 QUEUED_REASONS = frozenset({"Unschedulable", SUSPENDED})
