@@ -227,6 +227,13 @@ def scenario_objects() -> list[dict[str, Any]]:
         # allows none: the Job controller is refused its Pod, and the task says so.
         model("health-waiting"),
         task("health-waiting", "health-waiting", trainer={"resources": {"limits": {MIG_SLICE: 1}}}),
+        # The same, with a deadline: the trial fails, naming what it waited for.
+        model("health-deadline"),
+        task(
+            "health-deadline",
+            "health-deadline",
+            trainer={"resources": {"limits": {MIG_SLICE: 1}}, "activeDeadlineSeconds": 40},
+        ),
         # A trainer image this machine does not have: its Pod waits, and the task says why.
         model("health-no-image"),
         task("health-no-image", "health-no-image", trainer={"image": ABSENT_IMAGE}),

@@ -89,6 +89,7 @@ EXPECTED_TASKS = {
     "health-no-model": "Progressing",
     "health-waiting": "Progressing",
     "health-no-image": "Progressing",
+    "health-deadline": "Degraded",
 }
 """How each task of the chart run ends, in Argo CD's words."""
 

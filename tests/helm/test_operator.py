@@ -70,6 +70,15 @@ def test_a_trial_refused_its_pod_says_why(chart_run: ChartRun, kubectl: Kubectl)
     assert "exceeded quota: no-mig-slices" in events[0]["message"]
 
 
+def test_a_trial_past_its_deadline_while_waiting_fails_saying_why(chart_run: ChartRun) -> None:
+    status = _latest(chart_run, "FineTuningTask", "health-deadline")["status"]
+    (trial,) = status["trials"]
+    assert (trial["phase"], trial["reason"]) == ("Failed", "DeadlineExceeded"), trial
+    assert "while its Pod waited: FailedCreate:" in trial["message"], trial
+    assert "exceeded quota: no-mig-slices" in trial["message"], trial
+    assert status["phase"] == "Failed"
+
+
 def test_a_trial_whose_image_is_absent_says_why(chart_run: ChartRun) -> None:
     status = _latest(chart_run, "FineTuningTask", "health-no-image")["status"]
     (trial,) = status["trials"]
