@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,10 +24,42 @@ def default_state_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "kubetune" / "devcluster"
 
 
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+# Not the global generator: a test that seeds it would give every worker the same ports.
+_chooser = random.SystemRandom()
+
+
+def ephemeral_ports() -> range:
+    """The ports the kernel gives outgoing connections."""
+    try:
+        low, high = (int(p) for p in EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on, chosen outside the ephemeral range.
+
+    A listener starts seconds after its port is chosen. A port from the ephemeral range
+    can meanwhile become the local end of some client's connection (a watch lasts
+    minutes), and the listener then fails with "Address already in use"."""
+    ephemeral = ephemeral_ports()
+    below = range(max(1024, ephemeral.start - 20_000), ephemeral.start)
+    candidates = [*below, *range(ephemeral.stop, 65_536)]
+    for _ in range(1000):
+        port = _chooser.choice(candidates)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port outside the ephemeral range {ephemeral}")
 
 
 @dataclass

@@ -148,6 +148,21 @@ class OperatorProcess:
         with urllib.request.urlopen(url, timeout=5) as response:
             return str(response.read().decode())
 
+    def wait_serving(self, timeout: float = 90) -> None:
+        """Wait for the metrics endpoint, which the operator opens once it has started: a
+        failed start fails here with the operator's log rather than as a task that never
+        moves."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                break
+            try:
+                self.metrics()
+                return
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError(f"the operator did not start serving:\n{self.log()[-4000:]}")
+
 
 @pytest.fixture(scope="session")
 def operator(
@@ -156,6 +171,7 @@ def operator(
     process = OperatorProcess(devcluster, tmp_path_factory.mktemp("operator") / "operator.log")
     process.start()
     try:
+        process.wait_serving()
         yield process
     finally:
         process.stop()

@@ -333,6 +333,7 @@ def chart_run(
         for namespace in (tenant, other, release.namespace):
             kubectl("delete", "namespace", namespace, "--wait=false", check=False)
         shared.start()
+        shared.wait_serving()
 
 
 def _follow(kubectl: Kubectl, run: ChartRun, timeout: float) -> None:

@@ -1,0 +1,17 @@
+"""Ports for the processes a devcluster and the tests start."""
+
+from __future__ import annotations
+
+import socket
+
+from devcluster.state import ephemeral_ports, free_port
+
+
+def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() -> None:
+    ephemeral = ephemeral_ports()
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == len(ports)
+    assert not [p for p in ports if p in ephemeral]
+    for port in ports[:5]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("0.0.0.0", port))
