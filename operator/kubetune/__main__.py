@@ -16,6 +16,8 @@ import socket
 import kopf
 
 import kubetune.handlers  # noqa: F401 - registers the handlers with kopf
+from kubetune.config import OperatorConfig
+from kubetune.metrics import METRICS
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,9 +38,20 @@ def main(argv: list[str] | None = None) -> None:
         # kopf logs "Handler ... succeeded" for every watch event (thousands a minute on a
         # busy cluster); its warnings and errors still show.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    namespaces = args.namespace or [
-        n for n in os.environ.get("KUBETUNE_NAMESPACES", "").split(",") if n
-    ]
+    # Checked before kopf starts: kopf would retry a failing startup handler every minute,
+    # with the operator silent meanwhile. Exiting puts the reason in the Pod's log and its
+    # restarts in `kubectl get pods`.
+    try:
+        config = OperatorConfig.from_env()
+    except ValueError as error:
+        parser.exit(2, f"kubetune: invalid setting: {error}\n")
+    if config.metrics_port:
+        try:
+            METRICS.serve(config.metrics_port)
+        except OSError as error:
+            port = config.metrics_port
+            parser.exit(1, f"kubetune: cannot serve metrics on port {port}: {error}\n")
+    namespaces = args.namespace or list(config.namespaces)
     kopf.run(
         standalone=True,
         namespaces=namespaces,
@@ -47,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         # kopf otherwise names itself after the user, and a pod's numeric user (the image's
         # 65532, or any a platform assigns) has no passwd entry: getpwuid would fail.
         identity=os.environ.get("KUBETUNE_POD_NAME") or socket.gethostname(),
+        memo=kopf.Memo(config=config),
     )
 
 

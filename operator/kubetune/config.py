@@ -12,6 +12,7 @@ import socket
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from kubetune.api import CredentialsSecretRef, StorageSpec
 from kubetune.decide import Defaults
@@ -20,6 +21,29 @@ DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
 
 
 TRUE = ("1", "true", "yes", "on")
+
+
+Number = TypeVar("Number", int, float)
+
+
+def env_number(
+    env: Mapping[str, str],
+    name: str,
+    kind: type[Number],
+    default: Number,
+    low: Number,
+    high: Number | None = None,
+) -> Number:
+    """The variable as a number within [low, high], or a ValueError that names it."""
+    text = env.get(name) or str(default)
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {text!r}") from None
+    if value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise ValueError(f"{name} must be {bounds}, got {text!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -45,8 +69,10 @@ class LeaderElection:
                 "the Lease (the chart sets it to the release's namespace)"
             )
         pod = env.get("KUBETUNE_POD_NAME") or socket.gethostname()
-        duration = int(env.get("KUBETUNE_LEASE_DURATION_SECONDS", "15"))
-        renew = float(env.get("KUBETUNE_LEASE_RENEW_DEADLINE_SECONDS", str(duration * 2 / 3)))
+        duration = env_number(env, "KUBETUNE_LEASE_DURATION_SECONDS", int, 15, 1)
+        renew_name = "KUBETUNE_LEASE_RENEW_DEADLINE_SECONDS"
+        renew = env_number(env, renew_name, float, duration * 2 / 3, 0.0)
+        retry = env_number(env, "KUBETUNE_LEASE_RETRY_SECONDS", float, renew / 5, 0.0)
         if not 0 < renew < duration:
             raise ValueError("the renew deadline must be positive and shorter than the lease")
         return cls(
@@ -56,7 +82,7 @@ class LeaderElection:
             identity=f"{pod}_{uuid.uuid4().hex[:8]}",
             lease_duration_seconds=duration,
             renew_deadline_seconds=renew,
-            retry_period_seconds=float(env.get("KUBETUNE_LEASE_RETRY_SECONDS", str(renew / 5))),
+            retry_period_seconds=retry,
         )
 
 
@@ -85,7 +111,6 @@ class OperatorConfig:
             credentials_secret=CredentialsSecretRef(name=secret) if secret else None,
         )
         namespaces = tuple(n for n in env.get("KUBETUNE_NAMESPACES", "").split(",") if n)
-        port = env.get("KUBETUNE_METRICS_PORT")
         operator_namespace = env.get("KUBETUNE_OPERATOR_NAMESPACE") or None
         return cls(
             defaults=Defaults(
@@ -96,9 +121,9 @@ class OperatorConfig:
                 trainer_service_account=env.get("KUBETUNE_TRAINER_SERVICE_ACCOUNT") or None,
             ),
             namespaces=namespaces,
-            resync_seconds=float(env.get("KUBETUNE_RESYNC_SECONDS", "30")),
-            workers=int(env.get("KUBETUNE_WORKERS", "16")),
-            metrics_port=int(port) if port else None,
+            resync_seconds=env_number(env, "KUBETUNE_RESYNC_SECONDS", float, 30.0, 1.0),
+            workers=env_number(env, "KUBETUNE_WORKERS", int, 16, 1),
+            metrics_port=env_number(env, "KUBETUNE_METRICS_PORT", int, 0, 0, 65535) or None,
             operator_namespace=operator_namespace,
             leader_election=LeaderElection.from_env(env, operator_namespace),
             env=env,

@@ -26,7 +26,6 @@ from kubetune.config import OperatorConfig
 from kubetune.effects import Effects
 from kubetune.leadership import LeaderElector
 from kubetune.manifests import LABEL_TASK
-from kubetune.metrics import METRICS
 from kubetune.reconcile import Reconciler
 from kubetune.workqueue import Priority, Workers, WorkQueue
 
@@ -105,15 +104,14 @@ def _operator() -> Operator:
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Start the operator with the settings `python -m kubetune` checked (in `memo`)."""
     global OPERATOR
-    config = OperatorConfig.from_env()
+    config: OperatorConfig = memo.config
     OPERATOR = Operator(config)
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     settings.persistence.diffbase_storage = NoDiffBase()
-    if config.metrics_port:
-        METRICS.serve(config.metrics_port)
     OPERATOR.workers.start()
     OPERATOR.tasks.spawn(asyncio.to_thread(Storage.warm_up))
     if OPERATOR.elector is not None:
