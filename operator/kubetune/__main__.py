@@ -9,7 +9,6 @@ peers of equal priority all pause.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import socket
 
@@ -17,6 +16,7 @@ import kopf
 
 import kubetune.handlers  # noqa: F401 - registers the handlers with kopf
 from kubetune.config import OperatorConfig
+from kubetune.logs import configure_logging
 from kubetune.metrics import METRICS
 
 
@@ -31,17 +31,17 @@ def main(argv: list[str] | None = None) -> None:
         help="e.g. http://0.0.0.0:8080/healthz",
     )
     parser.add_argument("--log-level", default=os.environ.get("KUBETUNE_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-format",
+        default=os.environ.get("KUBETUNE_LOG_FORMAT") or "text",
+        help="text, or json: one JSON object a line (time, level, logger, message, object)",
+    )
     args = parser.parse_args(argv)
-    level = logging.getLevelName(args.log_level.upper())
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if isinstance(level, int) and level >= logging.INFO:
-        # kopf logs "Handler ... succeeded" for every watch event (thousands a minute on a
-        # busy cluster); its warnings and errors still show.
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # Checked before kopf starts: kopf would retry a failing startup handler every minute,
     # with the operator silent meanwhile. Exiting puts the reason in the Pod's log and its
     # restarts in `kubectl get pods`.
     try:
+        configure_logging(args.log_level, args.log_format)
         config = OperatorConfig.from_env()
     except ValueError as error:
         parser.exit(2, f"kubetune: invalid setting: {error}\n")

@@ -167,7 +167,12 @@ class WorkQueue:
                 try:
                     delay = await self.workers.run(priority, lambda: self.reconcile(*key))
                 except Exception:  # one object's failure must not stop the others
-                    log.exception("reconcile of %s %s/%s failed; retrying", self.kind, *key)
+                    namespace, name = key
+                    where = {"kind": self.kind, "namespace": namespace, "name": name}
+                    # k8s_ref, as on kopf's lines: the log's formats name the object.
+                    log.exception(
+                        "reconcile of %s failed; retrying", self.kind, extra={"k8s_ref": where}
+                    )
                     METRICS.reconcile_errors.labels(self.kind).inc()
                     delay = ERROR_RETRY_SECONDS
                 if key not in self._dirty:

@@ -286,7 +286,12 @@ def chart_run(
     health_port, metrics_port = free_ports(2)
     values = {
         "watch": {"namespaces": [tenant]},
-        "operator": {"healthPort": health_port, "resyncSeconds": 10, "logLevel": "DEBUG"},
+        "operator": {
+            "healthPort": health_port,
+            "resyncSeconds": 10,
+            "logLevel": "DEBUG",
+            "logFormat": "json",
+        },
         "metrics": {"port": metrics_port},
         "storage": {
             "bucket": MODELS_BUCKET,

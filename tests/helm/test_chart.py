@@ -36,6 +36,7 @@ def test_chart_crds_are_the_generated_crds() -> None:
         (["--set-string", "metrics.port=9090"], "got string, want integer"),
         (["--set", "crds.manage=yes"], "got string, want boolean"),
         (["--set", "operator.logLevel=LOUD"], "value must be one of"),
+        (["--set", "operator.logFormat=yaml"], "value must be one of"),
         (["--set", "watch.namespaces={Team_A}"], "does not match pattern"),
         (["--set", "trainer.image.pullPolicy=Sometimes"], "value must be one of"),
     ],

@@ -199,6 +199,16 @@ def test_health_and_metrics_endpoints(chart_run: ChartRun) -> None:
     assert 'kubetune_trials_waiting{reason="ErrImageNeverPull"} 1.0' in body
 
 
+def test_the_operator_logs_json_lines_that_name_their_object(chart_run: ChartRun) -> None:
+    # The chart run sets operator.logFormat=json (and DEBUG, so kopf logs every handler run).
+    lines = chart_run.operator.log().splitlines()
+    entries = [json.loads(line) for line in lines if line]
+    assert all({"time", "level", "logger", "message"} <= entry.keys() for entry in entries)
+    about = {(o["kind"], o["namespace"], o["name"]) for e in entries if (o := e.get("object"))}
+    for task in EXAMPLE_TASKS:
+        assert ("FineTuningTask", chart_run.tenant, task) in about, task
+
+
 def test_install_notes_say_what_to_apply_next(chart_run: ChartRun) -> None:
     notes = chart_run.notes
     assert f"The operator serves only these namespaces: {chart_run.tenant}." in notes

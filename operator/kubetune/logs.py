@@ -1,0 +1,105 @@
+"""The operator's log lines: text for people, or one JSON object a line for log pipelines
+(Loki, Elasticsearch, Cloud Logging), chosen by `--log-format` / `KUBETUNE_LOG_FORMAT`.
+
+kopf's lines about one object carry a reference to it (`k8s_ref`); both formats show it, so
+every line about a task names the task."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import sys
+import threading
+from datetime import UTC, datetime
+from types import TracebackType
+
+LOG_FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def object_ref(record: logging.LogRecord) -> dict[str, str] | None:
+    """The object a kopf log line is about: kind, namespace (if any) and name."""
+    ref = getattr(record, "k8s_ref", None)
+    if not isinstance(ref, dict) or not ref.get("name"):
+        return None
+    return {key: str(ref[key]) for key in ("kind", "namespace", "name") if ref.get(key)}
+
+
+class TextLines(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        ref = object_ref(record)
+        if ref is not None:
+            where = "/".join(filter(None, (ref.get("namespace"), ref["name"])))
+            record = copy.copy(record)  # other handlers see the record unchanged
+            record.msg, record.args = f"[{where}] {record.getMessage()}", None
+        return super().format(record)
+
+
+class JsonLines(logging.Formatter):
+    """time (UTC, RFC 3339), level, logger, message, and where present the object and the
+    exception's traceback: one line each, whatever the message holds."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        time = datetime.fromtimestamp(record.created, UTC)
+        entry: dict[str, object] = {
+            "time": time.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        ref = object_ref(record)
+        if ref is not None:
+            entry["object"] = ref
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        elif record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def log_uncaught(
+    kind: type[BaseException], error: BaseException, trace: TracebackType | None
+) -> None:
+    logging.getLogger("kubetune").critical("uncaught exception", exc_info=(kind, error, trace))
+
+
+def log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is None:
+        return
+    thread = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("kubetune").error(
+        "uncaught exception in thread %s",
+        thread,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
+
+
+def configure_logging(level: str, log_format: str) -> None:
+    """One handler on the root logger, writing to stderr in the chosen format. Python's
+    warnings and uncaught exceptions go through it too, so a JSON log holds nothing but
+    JSON lines."""
+    if log_format not in LOG_FORMATS:
+        choices = " or ".join(LOG_FORMATS)
+        raise ValueError(
+            f"KUBETUNE_LOG_FORMAT (--log-format) must be {choices}, got {log_format!r}"
+        )
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        levels = "DEBUG, INFO, WARNING or ERROR"
+        raise ValueError(f"KUBETUNE_LOG_LEVEL (--log-level) must be {levels}, got {level!r}")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines() if log_format == "json" else TextLines())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)
+    logging.captureWarnings(True)
+    sys.excepthook = log_uncaught
+    threading.excepthook = log_uncaught_in_thread
+    if numeric >= logging.INFO:
+        # kopf logs "Handler ... succeeded" for every watch event (thousands a minute on a
+        # busy cluster); its warnings and errors still show.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
