@@ -16,9 +16,10 @@ help: ## list the targets
 install: ## install system packages, the Python environment and the cluster binaries
 	bash .ci/setup
 
-lint: ## ruff lint and format check
+lint: ## ruff lint and format check, mypy (strict) on the operator
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
+	$(PYTHON) -m mypy
 
 format: ## apply ruff's fixes and formatting
 	$(PYTHON) -m ruff check --fix .

@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 from kubernetes import client, config, watch
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from devcluster import images
 from devcluster.nodeagent import podspec

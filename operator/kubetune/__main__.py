@@ -58,8 +58,9 @@ def main(argv: list[str] | None = None) -> None:
         clusterwide=not namespaces,
         liveness_endpoint=args.liveness,
         # kopf otherwise names itself after the user, and a pod's numeric user (the image's
-        # 65532, or any a platform assigns) has no passwd entry: getpwuid would fail.
-        identity=os.environ.get("KUBETUNE_POD_NAME") or socket.gethostname(),
+        # 65532, or any a platform assigns) has no passwd entry: getpwuid would fail. (Its
+        # type, kopf's Identity, is a NewType of str that kopf does not export.)
+        identity=os.environ.get("KUBETUNE_POD_NAME") or socket.gethostname(),  # type: ignore[arg-type]
         memo=kopf.Memo(config=config),
     )
 

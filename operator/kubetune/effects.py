@@ -12,7 +12,7 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from kubetune.api import TUNED_MODEL, TunedModelStatus
 from kubetune.clients.expiring import ExpiringCache

@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 from kubernetes import config as kube_config
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from kubetune.api import FINE_TUNING_TASK, GROUP, TUNED_MODEL, VERSION
 from kubetune.api.conditions import TERMINAL_PHASES
@@ -134,11 +134,16 @@ async def cleanup(**_: Any) -> None:
             log.warning("lease not released: %s", error)
 
 
+def _key(namespace: str | None, name: str) -> tuple[str, str]:
+    assert namespace is not None, "the operator's kinds and trial Jobs are namespaced"
+    return namespace, name
+
+
 @kopf.on.event(GROUP, VERSION, FINE_TUNING_TASK.plural)
 async def task_event(
-    namespace: str, name: str, type: str | None, status: dict[str, Any], **_: Any
+    namespace: str | None, name: str, type: str | None, status: kopf.Status, **_: Any
 ) -> None:
-    queue, key = _operator().tasks, (namespace, name)
+    queue, key = _operator().tasks, _key(namespace, name)
     if type == "DELETED":
         queue.forget(key)
         return
@@ -147,8 +152,8 @@ async def task_event(
 
 
 @kopf.on.event(GROUP, VERSION, TUNED_MODEL.plural)
-async def model_event(namespace: str, name: str, type: str | None, **_: Any) -> None:
-    queue, key = _operator().models, (namespace, name)
+async def model_event(namespace: str | None, name: str, type: str | None, **_: Any) -> None:
+    queue, key = _operator().models, _key(namespace, name)
     if type == "DELETED":
         queue.forget(key)
     else:
@@ -156,5 +161,5 @@ async def model_event(namespace: str, name: str, type: str | None, **_: Any) -> 
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_TASK: kopf.PRESENT})
-async def job_event(namespace: str, labels: dict[str, str], **_: Any) -> None:
-    _operator().tasks.request_after((namespace, labels[LABEL_TASK]), JOB_EVENT_DELAY_SECONDS)
+async def job_event(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    _operator().tasks.request_after(_key(namespace, labels[LABEL_TASK]), JOB_EVENT_DELAY_SECONDS)

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from kubetune.clients.kube import ConflictError

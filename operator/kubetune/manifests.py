@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from decimal import Decimal
 from typing import Any
 
 from kubernetes.utils.quantity import parse_quantity
@@ -94,7 +95,8 @@ def cpu_threads(trainer: TrainerSpec) -> int | None:
     resources = trainer.resources
     for values in (resources.limits, resources.requests) if resources else ():
         if values and "cpu" in values:
-            return max(1, math.ceil(parse_quantity(values["cpu"])))
+            cores: Decimal = parse_quantity(values["cpu"])
+            return max(1, math.ceil(cores))
     return None
 
 

@@ -67,7 +67,7 @@ class OperatorMetrics:
             else:
                 self._phases[key] = phase
                 self._waiting[key] = waiting
-            counts = dict.fromkeys(PHASES, 0)
+            counts: dict[str, int] = dict.fromkeys(PHASES, 0)
             for value in self._phases.values():
                 counts[value] = counts.get(value, 0) + 1
             reasons = [reason for reasons in self._waiting.values() for reason in reasons]

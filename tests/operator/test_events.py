@@ -4,7 +4,7 @@ import threading
 from datetime import datetime
 from typing import Any
 
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from kubetune.clients.events import EventRecorder
 

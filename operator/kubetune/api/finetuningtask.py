@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, WithJsonSchema
+from pydantic.config import JsonDict
 
 from kubetune.api.base import (
     ApiModel,
@@ -86,11 +87,11 @@ def _names(kind: ParameterKind) -> str:
     return ", ".join(f"'{n}'" for n, (_, _, k) in SEARCHABLE_PARAMETERS.items() if k == kind)
 
 
-def _cel(rule: str, message: str) -> dict[str, str]:
+def _cel(rule: str, message: str) -> JsonDict:
     return {"rule": rule, "message": message}
 
 
-def _rules(*rules: dict[str, str]) -> ConfigDict:
+def _rules(*rules: JsonDict) -> ConfigDict:
     return ConfigDict(json_schema_extra={"x-kubernetes-validations": list(rules)})
 
 

@@ -10,10 +10,11 @@ import base64
 import json
 import os
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
+import urllib3
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from kubetune.api import GROUP, VERSION
 from kubetune.manifests import LABEL_TASK
@@ -21,6 +22,12 @@ from kubetune.manifests import LABEL_TASK
 USER_AGENT = "kubetune-operator"
 """How the operator's own requests are named in the apiserver's audit log (kopf's watches
 carry kopf's name)."""
+
+
+def raw_json(response: object) -> Any:
+    """The body of a call made with `_preload_content=False`: the client then returns
+    urllib3's response, not the model class its annotations name."""
+    return json.loads(cast(urllib3.BaseHTTPResponse, response).data)
 
 
 class ConflictError(RuntimeError):
@@ -36,9 +43,10 @@ class Kube:
     # -- the operator's kinds --------------------------------------------------------
     def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return dict(
-                self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+            found = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name
             )
+            return dict(cast(dict[str, Any], found))
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -73,7 +81,7 @@ class Kube:
                     f"{plural}/{name} changed while it was being updated"
                 ) from error
             raise
-        return dict(json.loads(response.data))
+        return dict(raw_json(response))
 
     def patch_metadata(self, plural: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object(
@@ -85,13 +93,13 @@ class Kube:
         response = self.batch.list_namespaced_job(
             namespace, label_selector=f"{LABEL_TASK}={task}", _preload_content=False
         )
-        return list(json.loads(response.data)["items"])
+        return list(raw_json(response)["items"])
 
     def task_pods(self, namespace: str, task: str) -> list[dict[str, Any]]:
         response = self.core.list_namespaced_pod(
             namespace, label_selector=f"{LABEL_TASK}={task}", _preload_content=False
         )
-        return list(json.loads(response.data)["items"])
+        return list(raw_json(response)["items"])
 
     def pod_creation_failures(self, namespace: str, job: str) -> list[dict[str, Any]]:
         """The Job controller's FailedCreate events about this Job: why it has no Pod."""
@@ -99,13 +107,15 @@ class Kube:
         response = self.core.list_namespaced_event(
             namespace, field_selector=selector, _preload_content=False
         )
-        return list(json.loads(response.data)["items"])
+        return list(raw_json(response)["items"])
 
     def create_job(self, manifest: dict[str, Any]) -> bool:
         """Create the Job; False when it already exists (the name is deterministic)."""
         try:
             self.batch.create_namespaced_job(
-                manifest["metadata"]["namespace"], manifest, _preload_content=False
+                manifest["metadata"]["namespace"],
+                manifest,  # type: ignore[arg-type]  # the client sends a dict as it is
+                _preload_content=False,
             )
         except ApiException as error:
             if error.status == 409:
@@ -132,7 +142,7 @@ class Kube:
         now = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         self.core.create_namespaced_event(
             meta["namespace"],
-            {
+            {  # type: ignore[arg-type]  # the client sends a dict as it is
                 "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
                 "involvedObject": {
                     "apiVersion": body.get("apiVersion"),
@@ -165,5 +175,5 @@ class Kube:
             if error.status == 404:
                 return None
             raise
-        data = json.loads(response.data).get("data") or {}
+        data = raw_json(response).get("data") or {}
         return {k: base64.b64decode(v).decode() for k, v in data.items()}

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
-from kubetune.clients.kube import ConflictError
+from kubetune.clients.kube import ConflictError, raw_json
 from kubetune.decide.leadership import LeaseRecord
 
 
@@ -34,7 +33,7 @@ class Leases:
             if error.status == 404:
                 return None
             raise
-        lease = json.loads(response.data)
+        lease = raw_json(response)
         spec = lease.get("spec") or {}
         record = LeaseRecord(
             holder=spec.get("holderIdentity") or None,
@@ -57,7 +56,10 @@ class Leases:
             },
         }
         try:
-            self.coordination.create_namespaced_lease(self.namespace, body)
+            self.coordination.create_namespaced_lease(
+                self.namespace,
+                body,  # type: ignore[arg-type]  # the client sends a dict as it is
+            )
         except ApiException as error:
             if error.status == 409:
                 raise ConflictError(f"lease {self.name} was created by another replica") from error

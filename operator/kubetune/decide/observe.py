@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from kubetune.api import FineTuningTaskSpec, FineTuningTaskStatus
 from kubetune.contract import PROGRESS_FILENAME, RESULT_FILENAME, sibling_uri
@@ -23,7 +23,7 @@ def _time(value: str | None) -> datetime | None:
 def _condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
     for condition in (job.get("status") or {}).get("conditions") or []:
         if condition.get("type") == type_ and condition.get("status") == "True":
-            return condition
+            return cast(Mapping[str, Any], condition)
     return None
 
 
@@ -35,7 +35,7 @@ def _terminated(pods: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
             if status.get("name") == CONTAINER:
                 terminated = (status.get("state") or {}).get("terminated")
                 if terminated:
-                    return terminated
+                    return cast(Mapping[str, Any], terminated)
     return None
 
 

@@ -96,20 +96,24 @@ def _as_optuna(
     trial: TrialStatus, distributions: Mapping[str, BaseDistribution]
 ) -> FrozenTrial | None:
     """The trial as Optuna sees it; None for what TPE ignores anyway (failed, canceled)."""
-    common = {"params": dict(trial.parameters), "distributions": dict(distributions)}
+    params, known = dict(trial.parameters), dict(distributions)
     if trial.phase == "Succeeded" and trial.metric is not None:
         return create_trial(
             state=TrialState.COMPLETE,
             value=trial.metric,
             intermediate_values=_evaluations(trial),
-            **common,
+            params=params,
+            distributions=known,
         )
     if trial.phase == "Pruned":
         return create_trial(
-            state=TrialState.PRUNED, intermediate_values=_evaluations(trial), **common
+            state=TrialState.PRUNED,
+            intermediate_values=_evaluations(trial),
+            params=params,
+            distributions=known,
         )
     if trial.phase in ACTIVE_TRIAL_PHASES:
-        return create_trial(state=TrialState.RUNNING, **common)
+        return create_trial(state=TrialState.RUNNING, params=params, distributions=known)
     return None
 
 
@@ -132,7 +136,7 @@ class TpeSampler:
     ) -> None:
         self._space = list(space)
         self._size = size
-        self._distributions = {p.name: distribution(p) for p in space}
+        self._distributions: dict[str, BaseDistribution] = {p.name: distribution(p) for p in space}
         self._seed = seed
         self._direction = direction
         self._multivariate = multivariate
