@@ -16,10 +16,11 @@ help: ## list the targets
 install: ## install system packages, the Python environment and the cluster binaries
 	bash .ci/setup
 
-lint: ## ruff lint and format check, mypy (strict) on the operator
+lint: ## ruff lint and format check, mypy (strict) on the operator, import layers
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy
+	PYTHONPATH=operator:trainer_image $(VENV)/bin/lint-imports
 
 format: ## apply ruff's fixes and formatting
 	$(PYTHON) -m ruff check --fix .
