@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from kubetune.api.conditions import PHASES
+
+
+def operator_version() -> str:
+    try:
+        return version("kubetune")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
 
 
 @dataclass
@@ -25,6 +33,20 @@ class OperatorMetrics:
         self.trials_finished = Counter(
             "kubetune_trials_finished", "Trials that ended, by outcome", ["outcome"], registry=r
         )
+        self.trial_seconds = Histogram(
+            "kubetune_trial_duration_seconds",
+            "From a trial's start to its end (its Job's), by outcome",
+            ["outcome"],
+            buckets=(60, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400),
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "kubetune_build_info",
+            "1, labelled with the operator's version",
+            ["version"],
+            registry=r,
+        )
+        self.build_info.labels(operator_version()).set(1)
         self.reconcile_seconds = Histogram(
             "kubetune_reconcile_duration_seconds", "Time of one reconcile", ["kind"], registry=r
         )
@@ -77,6 +99,12 @@ class OperatorMetrics:
             self.tasks.labels(phase_name).set(count)
         for reason, count in waiting_counts.items():
             self.trials_waiting.labels(reason).set(count)
+
+    def trial_finished(self, outcome: str, seconds: float | None) -> None:
+        """A trial ended; `seconds` from its start, when both ends are known."""
+        self.trials_finished.labels(outcome).inc()
+        if seconds is not None:
+            self.trial_seconds.labels(outcome).observe(seconds)
 
     def serve(self, port: int) -> None:
         start_http_server(port, registry=self.registry)

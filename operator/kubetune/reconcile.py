@@ -317,7 +317,9 @@ class Reconciler:
                 trial.phase in ("Succeeded", "Failed", "Canceled", "Pruned")
                 and before.get(trial.name) != trial.phase
             ):
-                METRICS.trials_finished.labels(trial.phase.lower()).inc()
+                ends = (trial.started_at, trial.finished_at)
+                seconds = (ends[1] - ends[0]).total_seconds() if ends[0] and ends[1] else None
+                METRICS.trial_finished(trial.phase.lower(), seconds)
         if old.promotion is not None and new.phase == "Succeeded" and old.phase != "Succeeded":
             METRICS.promotion_seconds.observe((now - old.promotion.started_at).total_seconds())
 

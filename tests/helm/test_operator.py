@@ -197,6 +197,9 @@ def test_health_and_metrics_endpoints(chart_run: ChartRun) -> None:
     # health-waiting's and health-no-image's trials wait
     assert 'kubetune_trials_waiting{reason="FailedCreate"} 1.0' in body
     assert 'kubetune_trials_waiting{reason="ErrImageNeverPull"} 1.0' in body
+    assert 'kubetune_build_info{version="' in body
+    # the examples' trials were seen from start to end
+    assert 'kubetune_trial_duration_seconds_count{outcome="succeeded"}' in body
 
 
 def test_the_operator_logs_json_lines_that_name_their_object(chart_run: ChartRun) -> None:
