@@ -16,6 +16,7 @@ import kopf
 
 import kubetune.handlers  # noqa: F401 - registers the handlers with kopf
 from kubetune.config import OperatorConfig
+from kubetune.contract import LOG_FORMAT_ENV
 from kubetune.logs import configure_logging
 from kubetune.metrics import METRICS
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default=os.environ.get("KUBETUNE_LOG_LEVEL", "INFO"))
     parser.add_argument(
         "--log-format",
-        default=os.environ.get("KUBETUNE_LOG_FORMAT") or "text",
+        default=os.environ.get(LOG_FORMAT_ENV) or "text",
         help="text, or json: one JSON object a line (time, level, logger, message, object)",
     )
     args = parser.parse_args(argv)
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     # restarts in `kubectl get pods`.
     try:
         configure_logging(args.log_level, args.log_format)
-        config = OperatorConfig.from_env()
+        # the flag, like the variable, also sets the trainers' format
+        config = OperatorConfig.from_env({**os.environ, LOG_FORMAT_ENV: args.log_format})
     except ValueError as error:
         parser.exit(2, f"kubetune: invalid setting: {error}\n")
     if config.metrics_port:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from kubetune.api import CredentialsSecretRef, StorageSpec
+from kubetune.contract import LOG_FORMAT_ENV
 from kubetune.decide import Defaults
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
@@ -119,6 +120,7 @@ class OperatorConfig:
                 mlflow_tracking_uri=env.get("KUBETUNE_MLFLOW_TRACKING_URI") or None,
                 trainer_image_pull_policy=env.get("KUBETUNE_TRAINER_IMAGE_PULL_POLICY") or None,
                 trainer_service_account=env.get("KUBETUNE_TRAINER_SERVICE_ACCOUNT") or None,
+                log_format=env.get(LOG_FORMAT_ENV) or "text",
             ),
             namespaces=namespaces,
             resync_seconds=env_number(env, "KUBETUNE_RESYNC_SECONDS", float, 30.0, 1.0),

@@ -28,6 +28,10 @@ PROCESSES_ENV = "KUBETUNE_PROCESSES"
 """Env var: how many processes (one per GPU) run the trial; the operator sets it from the
 trainer's GPU resources unless the task's env does, the trainer otherwise counts its GPUs."""
 
+LOG_FORMAT_ENV = "KUBETUNE_LOG_FORMAT"
+"""Env var: `text` or `json` (one JSON object a line), for the operator's log and its trainers'
+(the operator passes its own format on, unless the task's env sets one)."""
+
 TERMINATION_MESSAGE_ENV = "KUBETUNE_TERMINATION_MESSAGE_PATH"
 DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 TERMINATION_MESSAGE_MAX_BYTES = 4096

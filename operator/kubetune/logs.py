@@ -84,13 +84,11 @@ def configure_logging(level: str, log_format: str) -> None:
     JSON lines."""
     if log_format not in LOG_FORMATS:
         choices = " or ".join(LOG_FORMATS)
-        raise ValueError(
-            f"KUBETUNE_LOG_FORMAT (--log-format) must be {choices}, got {log_format!r}"
-        )
+        raise ValueError(f"KUBETUNE_LOG_FORMAT must be {choices}, got {log_format!r}")
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         levels = "DEBUG, INFO, WARNING or ERROR"
-        raise ValueError(f"KUBETUNE_LOG_LEVEL (--log-level) must be {levels}, got {level!r}")
+        raise ValueError(f"KUBETUNE_LOG_LEVEL must be {levels}, got {level!r}")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLines() if log_format == "json" else TextLines())
     root = logging.getLogger()

@@ -22,6 +22,7 @@ from kubetune.contract import (
     EXIT_INTERNAL_ERROR,
     EXIT_OK,
     EXIT_REASONS,
+    LOG_FORMAT_ENV,
     PROCESSES_ENV,
     RETRYABLE_EXIT_CODES,
     TERMINATION_MESSAGE_ENV,
@@ -117,8 +118,11 @@ def _pod_spec(
     image: str,
     storage: ResolvedStorage,
     tracking_uri: str | None,
+    log_format: str,
 ) -> dict[str, Any]:
     env = [e.to_json() for e in trainer.env or []]
+    if log_format != "text" and all(e["name"] != LOG_FORMAT_ENV for e in env):
+        env.append({"name": LOG_FORMAT_ENV, "value": log_format})
     threads = cpu_threads(trainer)
     if threads is not None and all(e["name"] != THREADS_ENV for e in env):
         env.append({"name": THREADS_ENV, "value": str(threads)})
@@ -188,6 +192,7 @@ def job_manifest(
     image: str,
     storage: ResolvedStorage,
     tracking_uri: str | None = None,
+    log_format: str = "text",
 ) -> dict[str, Any]:
     """The batch/v1 Job for one trial; its name, namespace and task come from
     `config.trial`, which names the Job."""
@@ -215,7 +220,7 @@ def job_manifest(
         },
         "template": {
             "metadata": {"labels": dict(labels)},
-            "spec": _pod_spec(config, trainer, image, storage, tracking_uri),
+            "spec": _pod_spec(config, trainer, image, storage, tracking_uri, log_format),
         },
     }
     if trainer.active_deadline_seconds:

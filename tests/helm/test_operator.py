@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from devcluster.nodeagent.pods import find_log
 from devcluster.state import ClusterInfo
 from tests.conftest import Kubectl
 from tests.helm.conftest import EXAMPLE_SOURCES, EXAMPLES, ChartRun
@@ -210,6 +211,19 @@ def test_the_operator_logs_json_lines_that_name_their_object(chart_run: ChartRun
     about = {(o["kind"], o["namespace"], o["name"]) for e in entries if (o := e.get("object"))}
     for task in EXAMPLE_TASKS:
         assert ("FineTuningTask", chart_run.tenant, task) in about, task
+
+
+def test_trainers_log_json_lines_in_the_operators_format(
+    chart_run: ChartRun, devcluster: ClusterInfo
+) -> None:
+    # No library output outside the log's format: no progress bars, no MLflow URL prints,
+    # no GitPython notices.
+    log = find_log(Path(devcluster.state_dir), chart_run.tenant, "minilm-first-t0-*")
+    assert log is not None
+    entries = [json.loads(line) for line in log.read_text().splitlines() if line]
+    messages = [e["message"] for e in entries]
+    assert any(m.startswith("ok ndcg@10=") for m in messages), messages
+    assert any(m.startswith("MLflow run: http") for m in messages), messages
 
 
 def test_install_notes_say_what_to_apply_next(chart_run: ChartRun) -> None:

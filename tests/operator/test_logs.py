@@ -104,8 +104,8 @@ def test_warnings_and_thread_errors_become_json_lines(capsys: pytest.CaptureFixt
 @pytest.mark.parametrize(
     ("level", "log_format", "message"),
     [
-        ("INFO", "yaml", "KUBETUNE_LOG_FORMAT (--log-format) must be text or json, got 'yaml'"),
-        ("LOUD", "json", "KUBETUNE_LOG_LEVEL (--log-level) must be DEBUG, INFO, WARNING or ERROR"),
+        ("INFO", "yaml", "KUBETUNE_LOG_FORMAT must be text or json, got 'yaml'"),
+        ("LOUD", "json", "KUBETUNE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR"),
     ],
 )
 @pytest.mark.usefixtures("restore_logging")

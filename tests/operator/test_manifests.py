@@ -9,6 +9,7 @@ import pytest
 from kubetune.api import CredentialsSecretRef, TrainerSpec
 from kubetune.api.finetuningtask import RESERVED_ENV_NAMES
 from kubetune.contract import (
+    LOG_FORMAT_ENV,
     PROCESSES_ENV,
     TERMINATION_MESSAGE_ENV,
     TRIAL_CONFIG_ENV,
@@ -62,7 +63,7 @@ def config(spec=None) -> TrialConfig:
     )
 
 
-def manifest(trainer: TrainerSpec) -> dict:
+def manifest(trainer: TrainerSpec, log_format: str = "text") -> dict:
     return job_manifest(
         config=config(),
         task_uid="uid-1",
@@ -72,6 +73,7 @@ def manifest(trainer: TrainerSpec) -> dict:
         image="trainer:1",
         storage=STORAGE,
         tracking_uri="http://mlflow:5000",
+        log_format=log_format,
     )
 
 
@@ -261,3 +263,19 @@ def test_the_tasks_env_sets_the_process_count_over_the_gpus() -> None:
     )
     env = manifest(trainer)["spec"]["template"]["spec"]["containers"][0]["env"]
     assert [e["value"] for e in env if e["name"] == PROCESSES_ENV] == ["2"]
+
+
+@pytest.mark.parametrize(
+    ("operator_format", "task_env", "expected"),
+    [
+        ("text", [], []),
+        ("json", [], ["json"]),
+        ("json", [{"name": LOG_FORMAT_ENV, "value": "text"}], ["text"]),
+    ],
+)
+def test_trainers_log_in_the_operators_format_unless_the_task_says(
+    operator_format: str, task_env: list[dict[str, str]], expected: list[str]
+) -> None:
+    trainer = TrainerSpec.model_validate({"env": task_env})
+    env = manifest(trainer, operator_format)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert [e["value"] for e in env if e["name"] == LOG_FORMAT_ENV] == expected

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kubetune.contract import EXIT_BAD_INPUT, TRIAL_CONFIG_ENV
+from kubetune.contract import EXIT_BAD_INPUT, LOG_FORMAT_ENV, TRIAL_CONFIG_ENV
 from tests.trainer.conftest import config_document
 
 
@@ -42,6 +42,25 @@ def test_an_invalid_config_exits_2_naming_the_field(tmp_path: Path, model_dir: P
     )
     assert message.count("\n") == 1
     assert "hyperparameters.batch_size" in stderr
+
+
+def test_json_logging_writes_only_json_lines(tmp_path: Path, model_dir: Path) -> None:
+    document = config_document(model_dir, tmp_path)
+    document["hyperparameters"]["batch_size"] = 1
+    code, message, stderr = run_cli(
+        tmp_path, **{TRIAL_CONFIG_ENV: json.dumps(document), LOG_FORMAT_ENV: "json"}
+    )
+    assert code == EXIT_BAD_INPUT
+    entries = [json.loads(line) for line in stderr.splitlines()]
+    (error,) = [e for e in entries if e["level"] == "ERROR"]
+    assert error["message"] == message.strip()
+    assert error["logger"] == "kubetune_trainer"
+
+
+def test_an_unknown_log_format_exits_2_naming_the_variable(tmp_path: Path) -> None:
+    code, message, _ = run_cli(tmp_path, **{LOG_FORMAT_ENV: "yaml"})
+    assert code == EXIT_BAD_INPUT
+    assert message.startswith("BadInput: KUBETUNE_LOG_FORMAT must be text or json")
 
 
 def test_no_config_exits_2(tmp_path: Path) -> None:

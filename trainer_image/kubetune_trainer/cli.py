@@ -18,6 +18,7 @@ from pathlib import Path
 
 from kubetune.contract import (
     DEFAULT_TERMINATION_MESSAGE_PATH,
+    EXIT_BAD_INPUT,
     EXIT_INTERNAL_ERROR,
     EXIT_OK,
     TERMINATION_MESSAGE_ENV,
@@ -27,6 +28,7 @@ from kubetune.contract import (
 from kubetune_trainer.config import load_config
 from kubetune_trainer.errors import InputError, TrialError
 from kubetune_trainer.launch import is_worker, launch, process_count, worker_message_path
+from kubetune_trainer.logs import route_transformers_logs, set_up_logging
 
 log = logging.getLogger("kubetune_trainer")
 
@@ -70,11 +72,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        set_up_logging(args.log_level)
+    except ValueError as error:
+        message = failure_message(EXIT_BAD_INPUT, str(error))
+        print(message, file=sys.stderr)
+        write_termination_message(message)
+        return EXIT_BAD_INPUT
     try:
         config = load_config(args.config)
         processes = 1 if is_worker() else process_count()
@@ -88,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_termination_message(outcome.message)
             return outcome.exit_code
         log.info("trial %s/%s (%s)", config.trial.namespace, config.trial.name, config.method)
+        route_transformers_logs()
         from kubetune_trainer.trial import run_trial
 
         result = run_trial(config)

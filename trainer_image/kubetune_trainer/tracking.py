@@ -232,6 +232,13 @@ def trial_parameters(config: TrialConfig) -> dict[str, str | int | float | bool 
     )
 
 
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """Where the MLflow UI shows the run (a server's URI), else the store and the run."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{run_id} in {tracking_uri}"
+
+
 def _mlflow_name(name: str) -> str:
     return name.replace("@", "_at_")
 
@@ -268,7 +275,7 @@ class MlflowObserver(Observer):
             mlflow.log_params(trial_parameters(config))
         else:
             mlflow.set_tags(tags)
-        log.info("MLflow run %s at %s", self.run_id, tracking_uri)
+        log.info("MLflow run: %s", run_url(tracking_uri, run.info.experiment_id, self.run_id))
 
     def _call(self, action: Callable[[], object]) -> None:
         from mlflow.exceptions import MlflowException

@@ -111,6 +111,7 @@ class Reconcile:
             image=spec.trainer.image or self.defaults.trainer_image,
             storage=storage,
             tracking_uri=self.defaults.mlflow_tracking_uri,
+            log_format=self.defaults.log_format,
         )
         self.actions.append(CreateJob(name=trial.name, trial_index=trial.index, manifest=manifest))
 

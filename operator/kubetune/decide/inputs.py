@@ -117,3 +117,5 @@ class Defaults:
     trainer_image_pull_policy: str | None = None
     trainer_service_account: str | None = None
     """The trainer pods' ServiceAccount (the Helm chart's, which has no API rights)."""
+    log_format: str = "text"
+    """The operator's log format, which its trainer pods use too."""
