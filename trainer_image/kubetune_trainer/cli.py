@@ -28,7 +28,7 @@ from kubetune.contract import (
 from kubetune_trainer.config import load_config
 from kubetune_trainer.errors import InputError, TrialError
 from kubetune_trainer.launch import is_worker, launch, process_count, worker_message_path
-from kubetune_trainer.logs import route_transformers_logs, set_up_logging
+from kubetune_trainer.logs import route_library_logs, set_up_logging
 
 log = logging.getLogger("kubetune_trainer")
 
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_termination_message(outcome.message)
             return outcome.exit_code
         log.info("trial %s/%s (%s)", config.trial.namespace, config.trial.name, config.method)
-        route_transformers_logs()
+        route_library_logs()
         from kubetune_trainer.trial import run_trial
 
         result = run_trial(config)

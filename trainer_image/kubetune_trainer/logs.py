@@ -36,9 +36,16 @@ def set_up_logging(level: str, environ: MutableMapping[str, str] = os.environ) -
     logging.getLogger("mlflow.utils.git_utils").setLevel(logging.ERROR)
 
 
-def route_transformers_logs() -> None:
-    """transformers writes through a handler of its own; send its lines to the root's."""
+def route_library_logs() -> None:
+    """torch and transformers write through stderr handlers of their own, which their loggers
+    do not pass on: send their lines to the root's handler instead, in the log's format."""
+    import torch  # noqa: F401 - its import installs its handlers
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_default_handler()
     transformers_logging.enable_propagation()
+    loggers = logging.root.manager.loggerDict
+    for name in [n for n in loggers if n == "torch" or n.startswith("torch.")]:
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
