@@ -48,6 +48,10 @@ def free_port() -> int:
     ephemeral = ephemeral_ports()
     below = range(max(1024, ephemeral.start - 20_000), ephemeral.start)
     candidates = [*below, *range(ephemeral.stop, 65_536)]
+    if not candidates:  # the whole range is ephemeral: take the kernel's choice, and the race
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
     for _ in range(1000):
         port = _chooser.choice(candidates)
         if port in _handed_out:

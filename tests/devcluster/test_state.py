@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
+import pytest
+
+from devcluster import state
 from devcluster.state import ephemeral_ports, free_port
 
 
@@ -15,3 +19,13 @@ def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() -> N
     for port in ports[:5]:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("0.0.0.0", port))
+
+
+def test_a_host_whose_ports_are_all_ephemeral_still_gets_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wide = tmp_path / "ip_local_port_range"
+    wide.write_text("1024\t65535\n")
+    monkeypatch.setattr(state, "EPHEMERAL_RANGE_FILE", wide)
+    assert ephemeral_ports() == range(1024, 65536)
+    assert 0 < free_port() < 65536
