@@ -11,11 +11,24 @@ import json
 import logging
 import sys
 import threading
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import TracebackType
+from typing import Any
 
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def about(kind: str, namespace: str, name: str) -> dict[str, object]:
+    """`extra` for a log call about one object: both formats then name it, as on kopf's
+    own lines (which carry the same `k8s_ref`)."""
+    return {"k8s_ref": {"kind": kind, "namespace": namespace, "name": name}}
+
+
+def about_body(body: Mapping[str, Any]) -> dict[str, object]:
+    meta = body["metadata"]
+    return about(body.get("kind") or "", meta.get("namespace") or "", meta["name"])
 
 
 def object_ref(record: logging.LogRecord) -> dict[str, str] | None:

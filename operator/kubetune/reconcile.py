@@ -45,6 +45,7 @@ from kubetune.decide import (
 )
 from kubetune.effects import CopyIncompleteError, EffectError, Effects, StaleReadError
 from kubetune.locations import ResolvedStorage, resolve_storage
+from kubetune.logs import about
 from kubetune.manifests import LABEL_TASK
 from kubetune.metrics import METRICS
 from kubetune.patch import merge_patch
@@ -143,7 +144,8 @@ class Reconciler:
         try:
             jobs = self._observe_jobs(task, model, listed, now)
         except EffectError as error:
-            log.warning("%s/%s: reading trial results failed: %s", namespace, name, error)
+            where = about(FINE_TUNING_TASK.kind, namespace, name)
+            log.warning("reading trial results failed: %s", error, extra=where)
             return retry_delay(task.status, now), Written()
         experiment_id = self._experiment(task)
         decision = decide_task(
@@ -213,9 +215,8 @@ class Reconciler:
                 {"trials.png": png},
             )
         except (TrackingError, OSError) as error:
-            log.warning(
-                "%s/%s: recording the trial chart failed: %s", task.namespace, task.name, error
-            )
+            where = about(FINE_TUNING_TASK.kind, task.namespace, task.name)
+            log.warning("recording the trial chart failed: %s", error, extra=where)
 
     def _observe_jobs(
         self,
@@ -278,7 +279,8 @@ class Reconciler:
             document = self.effects.read_json(task.namespace, storage, uri)
             return None if document is None else TrialProgress.model_validate(document)
         except (EffectError, ValueError) as error:  # ValueError: bad JSON or a bad document
-            log.warning("%s/%s: reading %s failed: %s", task.namespace, task.name, uri, error)
+            where = about(FINE_TUNING_TASK.kind, task.namespace, task.name)
+            log.warning("reading %s failed: %s", uri, error, extra=where)
             return None
 
     def _experiment(self, task: TaskObject) -> str | None:

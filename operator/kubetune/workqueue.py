@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from kubetune.logs import about
 from kubetune.metrics import METRICS
 
 log = logging.getLogger("kubetune")
@@ -167,11 +168,8 @@ class WorkQueue:
                 try:
                     delay = await self.workers.run(priority, lambda: self.reconcile(*key))
                 except Exception:  # one object's failure must not stop the others
-                    namespace, name = key
-                    where = {"kind": self.kind, "namespace": namespace, "name": name}
-                    # k8s_ref, as on kopf's lines: the log's formats name the object.
                     log.exception(
-                        "reconcile of %s failed; retrying", self.kind, extra={"k8s_ref": where}
+                        "reconcile of %s failed; retrying", self.kind, extra=about(self.kind, *key)
                     )
                     METRICS.reconcile_errors.labels(self.kind).inc()
                     delay = ERROR_RETRY_SECONDS

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import kopf
 import pytest
 
-from kubetune.logs import JsonLines, TextLines, configure_logging
+from kubetune.logs import JsonLines, TextLines, about, configure_logging
 
 TASK = {
     "apiVersion": "kubetune.dev/v1alpha1",
@@ -78,6 +78,15 @@ def test_a_multi_line_message_and_its_traceback_stay_one_json_line() -> None:
     assert entry["message"] == "two\nlines"
     assert "RuntimeError: storage unreachable" in entry["exception"]
     assert "object" not in entry
+
+
+def test_the_operators_own_lines_about_an_object_name_it() -> None:
+    log = logging.getLogger("kubetune.test")
+    where = about("FineTuningTask", "search", "lr-sweep")
+    entry = json.loads(emit(JsonLines(), log, "reading %s failed", "s3://b/k", extra=where))
+    assert entry["object"] == {"kind": "FineTuningTask", "namespace": "search", "name": "lr-sweep"}
+    text = emit(TextLines(), log, "reading %s failed", "s3://b/k", extra=where)
+    assert text.rstrip().endswith("kubetune.test: [search/lr-sweep] reading s3://b/k failed")
 
 
 def test_a_text_line_is_prefixed_with_the_object() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from kubetune.clients.kube import Kube
+from kubetune.logs import about_body
 
 log = logging.getLogger("kubetune")
 BACKLOG_LIMIT = 10_000
@@ -45,7 +46,9 @@ class EventRecorder:
         try:
             self._pending.put_nowait(_Pending(body, type_, reason, message, datetime.now(UTC)))
         except queue.Full:
-            log.warning("Event %s on %s dropped: %d waiting", reason, _name(body), BACKLOG_LIMIT)
+            log.warning(
+                "Event %s dropped: %d waiting", reason, BACKLOG_LIMIT, extra=about_body(body)
+            )
 
     def close(self, timeout: float) -> None:
         """Post what is waiting (for at most `timeout` seconds), then stop."""
@@ -60,11 +63,5 @@ class EventRecorder:
             try:
                 self.kube.post_event(event.body, event.type, event.reason, event.message, event.at)
             except (ApiException, OSError) as error:
-                log.warning(
-                    "Event %s on %s not recorded: %s", event.reason, _name(event.body), error
-                )
-
-
-def _name(body: dict[str, Any]) -> str:
-    meta = body["metadata"]
-    return f"{meta.get('namespace')}/{meta['name']}"
+                where = about_body(event.body)
+                log.warning("Event %s not recorded: %s", event.reason, error, extra=where)
