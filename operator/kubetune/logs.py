@@ -53,8 +53,9 @@ class TextLines(logging.Formatter):
 
 
 class JsonLines(logging.Formatter):
-    """time (UTC, RFC 3339), level, logger, message, and where present the object and the
-    exception's traceback: one line each, whatever the message holds."""
+    """time (UTC, RFC 3339), level, logger, message, and where present the object, the
+    figures the call passed as `extra={"fields": {...}}`, and the exception's traceback: one
+    line each, whatever the message holds."""
 
     def format(self, record: logging.LogRecord) -> str:
         time = datetime.fromtimestamp(record.created, UTC)
@@ -67,6 +68,9 @@ class JsonLines(logging.Formatter):
         ref = object_ref(record)
         if ref is not None:
             entry["object"] = ref
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry |= {key: value for key, value in fields.items() if key not in entry}
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         elif record.stack_info:

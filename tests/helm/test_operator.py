@@ -224,6 +224,7 @@ def test_trainers_log_json_lines_in_the_operators_format(
     messages = [e["message"] for e in entries]
     assert any(m.startswith("ok ndcg@10=") for m in messages), messages
     assert any(m.startswith("MLflow run: http") for m in messages), messages
+    assert any({"step", "loss", "samples_per_second"} <= e.keys() for e in entries), entries
 
 
 def test_install_notes_say_what_to_apply_next(chart_run: ChartRun) -> None:

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -116,10 +116,12 @@ class LogObserver(Observer):
         self._last: float | None = None
 
     def on_phase(self, phase: Phase, total_steps: int) -> None:
-        log.info("phase %s (%d steps)", phase, total_steps)
+        fields = {"phase": phase, "total_steps": total_steps}
+        log.info("phase %s (%d steps)", phase, total_steps, extra={"fields": fields})
 
     def on_baseline(self, metrics: dict[str, float]) -> None:
-        log.info("baseline: %s", format_metrics(metrics))
+        fields = {"evaluation": "baseline", "metrics": metrics}
+        log.info("baseline: %s", format_metrics(metrics), extra={"fields": fields})
 
     def on_log(self, point: LogPoint) -> None:
         now = self.clock()
@@ -138,10 +140,12 @@ class LogObserver(Observer):
             point.samples_per_second,
             point.tokens_per_second,
             timedelta(seconds=round(point.eta_seconds)),
+            extra={"fields": asdict(point)},  # the same figures, as numbers, in JSON lines
         )
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
-        log.info("eval at step %d: %s", step, format_metrics(metrics))
+        fields = {"evaluation": "step", "step": step, "metrics": metrics}
+        log.info("eval at step %d: %s", step, format_metrics(metrics), extra={"fields": fields})
 
     def on_failure(self, error: BaseException) -> None:
         log.error("trial failed: %s", error)
