@@ -7,9 +7,11 @@ import json
 import re
 from typing import Any
 
+import promql_parser
 import pytest
 import yaml
 
+from kubetune.metrics import OperatorMetrics
 from tests.helm.conftest import CHART, KUBE_VERSION, REPO, Helm, documents, find, values_args
 
 NAMESPACES = ["team-a", "team-b"]
@@ -266,3 +268,47 @@ def test_service_monitor_is_optional(helm_offline: Helm) -> None:
     disabled = {"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}}
     objects = documents(helm_offline.template(*values_args(disabled)))
     assert not find(objects, "ServiceMonitor") and not find(objects, "Service")
+
+
+def _selectors(expr: object) -> list[promql_parser.VectorSelector]:
+    """Every vector selector in a parsed PromQL expression."""
+    if isinstance(expr, promql_parser.VectorSelector):
+        return [expr]
+    children: list[object] = []
+    for attribute in ("lhs", "rhs", "expr", "vector_selector", "param"):
+        children.append(getattr(expr, attribute, None))
+    children += list(getattr(expr, "args", None) or [])
+    return [s for child in children if child is not None for s in _selectors(child)]
+
+
+def _exposed_series() -> set[str]:
+    """The series names the operator's metrics expose, labelled ones included."""
+    suffixes = {"counter": ["_total"], "gauge": [""], "histogram": ["_bucket", "_count", "_sum"]}
+    families = OperatorMetrics().registry.collect()
+    return {f.name + suffix for f in families for suffix in suffixes[f.type]}
+
+
+def test_alerts_are_optional_and_query_the_operators_own_metrics(helm_offline: Helm) -> None:
+    rule_values = {"enabled": True, "labels": {"release": "prom"}, "alertLabels": {"team": "ml"}}
+    objects = documents(
+        helm_offline.template(*values_args({"metrics": {"prometheusRule": rule_values}}))
+    )
+    (rule,) = find(objects, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "prom"
+    exposed = _exposed_series() | {"up"}
+    scope = {("namespace", "kubetune-system"), ("service", "kubetune-metrics")}
+    alerts = rule["spec"]["groups"][0]["rules"]
+    assert len(alerts) == 6
+    for alert in alerts:
+        selectors = _selectors(promql_parser.parse(alert["expr"]))  # raises on bad PromQL
+        assert selectors, alert["alert"]
+        for selector in selectors:
+            assert selector.name in exposed, (alert["alert"], selector.name)
+            matchers = {(m.name, m.value) for m in selector.matchers.matchers}
+            assert scope <= matchers, (alert["alert"], matchers)
+        assert alert["labels"]["team"] == "ml"
+        assert alert["labels"]["severity"] in {"critical", "warning", "info"}
+        assert alert["annotations"]["summary"] and alert["annotations"]["description"]
+    assert not find(documents(helm_offline.template()), "PrometheusRule")
+    disabled = {"metrics": {"enabled": False, "prometheusRule": {"enabled": True}}}
+    assert not find(documents(helm_offline.template(*values_args(disabled))), "PrometheusRule")
