@@ -40,7 +40,8 @@ def env_number(
     try:
         value = kind(text)
     except ValueError:
-        raise ValueError(f"{name} must be a number, got {text!r}") from None
+        what = "a whole number" if kind is int else "a number"
+        raise ValueError(f"{name} must be {what}, got {text!r}") from None
     if value < low or (high is not None and value > high):
         bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
         raise ValueError(f"{name} must be {bounds}, got {text!r}")

@@ -1,8 +1,10 @@
-"""The operator's log lines: text for people, or one JSON object a line for log pipelines
-(Loki, Elasticsearch, Cloud Logging), chosen by `--log-format` / `KUBETUNE_LOG_FORMAT`.
+"""Kubetune's log lines: text for people, or one JSON object a line for log pipelines
+(Loki, Elasticsearch, Cloud Logging), chosen by `--log-format` / `KUBETUNE_LOG_FORMAT`. The
+operator's `__main__` sets them up, and the trainer through `kubetune_trainer.logs` (this
+module needs nothing beyond the standard library, so the trainer image has all it needs).
 
-kopf's lines about one object carry a reference to it (`k8s_ref`); both formats show it, so
-every line about a task names the task."""
+kopf's lines about one object carry a reference to it (`k8s_ref`), as do the operator's own
+through `about`; both formats show it, so every line about a task names the task."""
 
 from __future__ import annotations
 

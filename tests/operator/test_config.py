@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("KUBETUNE_WORKERS", "many", "KUBETUNE_WORKERS must be a number, got 'many'"),
+        ("KUBETUNE_WORKERS", "many", "KUBETUNE_WORKERS must be a whole number, got 'many'"),
+        ("KUBETUNE_RESYNC_SECONDS", "soon", "KUBETUNE_RESYNC_SECONDS must be a number, got 'soon'"),
         ("KUBETUNE_WORKERS", "0", "KUBETUNE_WORKERS must be at least 1, got '0'"),
         ("KUBETUNE_RESYNC_SECONDS", "0.5", "KUBETUNE_RESYNC_SECONDS must be at least 1.0"),
         ("KUBETUNE_METRICS_PORT", "70000", "KUBETUNE_METRICS_PORT must be from 0 to 65535"),
@@ -50,7 +51,7 @@ def test_the_operator_exits_on_a_bad_setting() -> None:
     result = run_operator(KUBETUNE_WORKERS="many")
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().endswith(
-        "kubetune: invalid setting: KUBETUNE_WORKERS must be a number, got 'many'"
+        "kubetune: invalid setting: KUBETUNE_WORKERS must be a whole number, got 'many'"
     )
 
 
